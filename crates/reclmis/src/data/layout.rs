@@ -1,0 +1,383 @@
+//! The LViT folder layout (reclmis.md §4.1, §4.2): which image goes with which mask and note.
+//!
+//! ```text
+//! DATA/Train_Folder/{img,labelcol}/   Train_Val_text.xlsx (QaTa) or Train_text.xlsx
+//! DATA/Val_Folder/{img,labelcol}/     (QaTa: notes in Train_Folder) or Val_text.xlsx
+//! DATA/Test_Folder/{img,labelcol}/    Test_text.xlsx
+//! ```
+//!
+//! Two pairing conventions exist and are detected per split: QaTa enumerates `labelcol` and
+//! drops every `mask_` from the mask name to get the image; MosMed enumerates `img` and replaces
+//! the image name's last three characters with `png` to get the mask. The note key is the mask
+//! name in both. Folder and file names match case-insensitively (an exact match wins).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::DataError;
+use super::notes::Notes;
+
+/// Shown with every missing-folder error.
+pub const EXPECTED_LAYOUT: &str = "DATA/{Train,Val,Test}_Folder/{img,labelcol}/ with notes in \
+     DATA/<Split>_Folder/<Split>_text.{xlsx,csv,jsonl} or, for train and val together, \
+     DATA/Train_Folder/Train_Val_text.{xlsx,csv,jsonl}";
+
+const NOTE_EXTENSIONS: [&str; 3] = ["xlsx", "csv", "jsonl"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+}
+
+impl Split {
+    pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
+
+    /// `Train`, `Val` or `Test`, as in the folder and notes-file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "Train",
+            Split::Val => "Val",
+            Split::Test => "Test",
+        }
+    }
+
+    /// `Train_Folder`, `Val_Folder` or `Test_Folder`.
+    pub fn folder(self) -> String {
+        format!("{}_Folder", self.name())
+    }
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name().to_lowercase())
+    }
+}
+
+/// How images, masks and note keys are paired (reclmis.md §4.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Convention {
+    /// Enumerate `labelcol`; image = mask name with every `mask_` removed; key = mask name.
+    QaTa,
+    /// Enumerate `img`; mask = image name with its last 3 characters → `png`; key = mask name.
+    MosMed,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LayoutOptions {
+    /// Give items without a note the empty note instead of failing.
+    pub allow_missing_notes: bool,
+    /// Read the notes from this file instead of looking for them in the layout.
+    pub notes: Option<PathBuf>,
+}
+
+/// One sample: image file, mask file, note key and note (verbatim from the notes file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub image: PathBuf,
+    pub mask: PathBuf,
+    pub key: String,
+    pub note: String,
+}
+
+/// The items of one split and where they came from.
+#[derive(Clone, Debug)]
+pub struct SplitItems {
+    pub split: Split,
+    pub convention: Convention,
+    pub notes_file: PathBuf,
+    /// Sorted by key, then image path.
+    pub items: Vec<Item>,
+    /// Keys that got the empty note (only with `allow_missing_notes`).
+    pub missing_notes: Vec<String>,
+}
+
+/// Lists, pairs and annotates one split of the dataset under `root`.
+pub fn scan_split(
+    root: &Path,
+    split: Split,
+    options: &LayoutOptions,
+) -> Result<SplitItems, DataError> {
+    if !root.is_dir() {
+        return Err(DataError::MissingPath {
+            what: "data folder".into(),
+            path: root.to_path_buf(),
+        });
+    }
+    let folder = SplitFolder::open(root, split)?;
+    let convention = folder.convention();
+    let pairs = folder.pairs(convention)?;
+
+    let (notes_path, shared) = match &options.notes {
+        Some(path) => (path.clone(), false),
+        None => find_notes_file(root, split)?,
+    };
+    let notes = Notes::read(&notes_path)?;
+
+    let mut items = Vec::with_capacity(pairs.len());
+    let mut missing_notes = Vec::new();
+    for (image, mask, key) in pairs {
+        let note = match notes.get(&key) {
+            Some(note) => note.text.clone(),
+            None => {
+                missing_notes.push(key.clone());
+                String::new()
+            }
+        };
+        items.push(Item {
+            image,
+            mask,
+            key,
+            note,
+        });
+    }
+    if !missing_notes.is_empty() && !options.allow_missing_notes {
+        return Err(DataError::Unmatched {
+            what: "images without a note",
+            dir: notes_path,
+            count: missing_notes.len(),
+            names: missing_notes,
+        });
+    }
+
+    // A shared Train_Val file also annotates the other split; only notes that match no item
+    // of either split are orphans.
+    let mut keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
+    if shared {
+        let other = if split == Split::Train {
+            Split::Val
+        } else {
+            Split::Train
+        };
+        if let Ok(other) = SplitFolder::open(root, other) {
+            keys.extend(other.pairs(other.convention())?.into_iter().map(|p| p.2));
+        }
+    }
+    let exact: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+    let folded: BTreeSet<String> = keys.iter().map(|k| k.to_lowercase()).collect();
+    let orphans: Vec<String> = notes
+        .iter()
+        .filter(|n| !exact.contains(n.key.as_str()) && !folded.contains(&n.key.to_lowercase()))
+        .map(|n| n.key.clone())
+        .collect();
+    if !orphans.is_empty() && !options.allow_missing_notes {
+        return Err(DataError::Unmatched {
+            what: "notes without an image",
+            dir: notes_path,
+            count: orphans.len(),
+            names: orphans,
+        });
+    }
+
+    items.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| a.image.cmp(&b.image)));
+    Ok(SplitItems {
+        split,
+        convention,
+        notes_file: notes_path,
+        items,
+        missing_notes,
+    })
+}
+
+/// The notes file of `split` and whether it is the QaTa file shared by train and val: first
+/// `<Split>_Folder/<Split>_text.*`, then (train and val) `Train_Folder/Train_Val_text.*`.
+fn find_notes_file(root: &Path, split: Split) -> Result<(PathBuf, bool), DataError> {
+    let split_dir = child(root, &split.folder()).unwrap_or_else(|| root.join(split.folder()));
+    let own = format!("{}_text", split.name());
+    if let Some(path) = find_with_extensions(&split_dir, &own) {
+        return Ok((path, false));
+    }
+    if split != Split::Test {
+        let train_dir = child(root, &Split::Train.folder());
+        if let Some(path) = train_dir.and_then(|d| find_with_extensions(&d, "Train_Val_text")) {
+            return Ok((path, true));
+        }
+    }
+    Err(DataError::MissingPath {
+        what: format!("{split} notes file (`{own}.xlsx`, `.csv` or `.jsonl`)"),
+        path: split_dir.join(format!("{own}.xlsx")),
+    })
+}
+
+fn find_with_extensions(dir: &Path, stem: &str) -> Option<PathBuf> {
+    NOTE_EXTENSIONS
+        .iter()
+        .find_map(|ext| child(dir, &format!("{stem}.{ext}")))
+        .filter(|p| p.is_file())
+}
+
+/// `dir/name`, matching `name` exactly or else case-insensitively.
+fn child(dir: &Path, name: &str) -> Option<PathBuf> {
+    let exact = dir.join(name);
+    if exact.exists() {
+        return Some(exact);
+    }
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut matches: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().eq_ignore_ascii_case(name))
+        .map(|e| e.path())
+        .collect();
+    matches.sort();
+    matches.into_iter().next()
+}
+
+struct SplitFolder {
+    img_dir: PathBuf,
+    mask_dir: PathBuf,
+    images: Vec<String>,
+    masks: Vec<String>,
+}
+
+impl SplitFolder {
+    fn open(root: &Path, split: Split) -> Result<SplitFolder, DataError> {
+        let missing = |what: String, path: PathBuf| DataError::MissingPath { what, path };
+        let dir = child(root, &split.folder())
+            .filter(|d| d.is_dir())
+            .ok_or_else(|| missing(format!("{split} split folder"), root.join(split.folder())))?;
+        let sub = |name: &str| {
+            child(&dir, name)
+                .filter(|d| d.is_dir())
+                .ok_or_else(|| missing(format!("{split} `{name}` folder"), dir.join(name)))
+        };
+        let (img_dir, mask_dir) = (sub("img")?, sub("labelcol")?);
+        Ok(SplitFolder {
+            images: list_files(&img_dir)?,
+            masks: list_files(&mask_dir)?,
+            img_dir,
+            mask_dir,
+        })
+    }
+
+    /// QaTa when the masks carry the `mask_` prefix, MosMed otherwise.
+    fn convention(&self) -> Convention {
+        if self
+            .masks
+            .iter()
+            .any(|m| m.to_ascii_lowercase().contains("mask_"))
+        {
+            Convention::QaTa
+        } else {
+            Convention::MosMed
+        }
+    }
+
+    /// `(image path, mask path, key)` for every enumerated file, or the unmatched ones as an error.
+    fn pairs(&self, convention: Convention) -> Result<Vec<(PathBuf, PathBuf, String)>, DataError> {
+        let (listed, listed_dir, others, other_dir) = match convention {
+            Convention::QaTa => (&self.masks, &self.mask_dir, &self.images, &self.img_dir),
+            Convention::MosMed => (&self.images, &self.img_dir, &self.masks, &self.mask_dir),
+        };
+        let lookup = NameLookup::new(others);
+        let mut pairs = Vec::with_capacity(listed.len());
+        let mut unmatched = Vec::new();
+        let mut used = vec![false; others.len()];
+        for name in listed {
+            let partner_name = match convention {
+                // paper-parity: §4.2 / §7 quirk 28 — every `mask_` goes, wherever it is.
+                Convention::QaTa => name.replace("mask_", ""),
+                Convention::MosMed => mosmed_mask_name(name),
+            };
+            match lookup.find(&partner_name) {
+                Some(i) => {
+                    used[i] = true;
+                    let (image, mask) = match convention {
+                        Convention::QaTa => (&others[i], name),
+                        Convention::MosMed => (name, &others[i]),
+                    };
+                    pairs.push((
+                        self.img_dir.join(image),
+                        self.mask_dir.join(mask),
+                        mask.clone(),
+                    ));
+                }
+                None => unmatched.push(name.clone()),
+            }
+        }
+        let (listed_what, other_what) = match convention {
+            Convention::QaTa => ("masks without an image", "images without a mask"),
+            Convention::MosMed => ("images without a mask", "masks without an image"),
+        };
+        if !unmatched.is_empty() {
+            return Err(DataError::Unmatched {
+                what: listed_what,
+                dir: listed_dir.clone(),
+                count: unmatched.len(),
+                names: unmatched,
+            });
+        }
+        let leftovers: Vec<String> = others
+            .iter()
+            .zip(&used)
+            .filter(|(_, used)| !**used)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !leftovers.is_empty() {
+            return Err(DataError::Unmatched {
+                what: other_what,
+                dir: other_dir.clone(),
+                count: leftovers.len(),
+                names: leftovers,
+            });
+        }
+        Ok(pairs)
+    }
+}
+
+/// `name[:-3] + "png"`, as the MosMed loader builds a mask name from an image name.
+fn mosmed_mask_name(image: &str) -> String {
+    let chars: Vec<char> = image.chars().collect();
+    let keep = chars.len().saturating_sub(3);
+    chars[..keep].iter().collect::<String>() + "png"
+}
+
+/// Exact name first, then the same name in another case.
+struct NameLookup {
+    exact: HashMap<String, usize>,
+    folded: HashMap<String, usize>,
+}
+
+impl NameLookup {
+    fn new(names: &[String]) -> NameLookup {
+        let mut lookup = NameLookup {
+            exact: HashMap::new(),
+            folded: HashMap::new(),
+        };
+        for (i, name) in names.iter().enumerate() {
+            lookup.exact.insert(name.clone(), i);
+            lookup.folded.entry(name.to_lowercase()).or_insert(i);
+        }
+        lookup
+    }
+
+    fn find(&self, name: &str) -> Option<usize> {
+        self.exact
+            .get(name)
+            .or_else(|| self.folded.get(&name.to_lowercase()))
+            .copied()
+    }
+}
+
+/// Sorted names of the regular files in `dir`, without hidden files and OS thumbnails.
+fn list_files(dir: &Path) -> Result<Vec<String>, DataError> {
+    let io = |source| DataError::Io {
+        what: "folder",
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let junk = name.starts_with('.')
+            || name.eq_ignore_ascii_case("Thumbs.db")
+            || name.eq_ignore_ascii_case("desktop.ini");
+        if !junk && entry.path().is_file() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}

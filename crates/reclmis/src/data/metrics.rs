@@ -1,0 +1,107 @@
+//! Segmentation scores as the authors compute them: the test protocol of `test_model.py`
+//! (reclmis.md §5) and the validation hard Dice of `_show_dice` (§2 step 4, §3). The two differ
+//! on purpose (§7 quirk 11): threshold `> 0.5` vs `≥ 0.5`, and empty/empty scores 0 vs 1.
+
+/// Per-image scores of the test protocol.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TestScores {
+    pub dice: f32,
+    pub iou: f64,
+}
+
+/// Pixel counts of a binary prediction against a binary mask.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Predicted foreground (Σp).
+    pub predicted: u64,
+    /// Ground-truth foreground (Σg).
+    pub truth: u64,
+    /// Both (Σpg).
+    pub overlap: u64,
+}
+
+impl Counts {
+    /// Counts `p = keep(prob)` against `g = mask > 0`.
+    ///
+    /// # Panics
+    /// If `probs` and `mask` differ in length (both are one image of the model size).
+    pub fn new(probs: &[f32], mask: &[u8], keep: impl Fn(f32) -> bool) -> Counts {
+        assert_eq!(
+            probs.len(),
+            mask.len(),
+            "prediction and mask must cover the same pixels"
+        );
+        let mut counts = Counts::default();
+        for (&p, &g) in probs.iter().zip(mask) {
+            let (p, g) = (keep(p), g > 0);
+            counts.predicted += u64::from(p);
+            counts.truth += u64::from(g);
+            counts.overlap += u64::from(p && g);
+        }
+        counts
+    }
+}
+
+/// Test-time Dice and IoU of one image from its probabilities and 0/1 mask.
+pub fn test_scores(probs: &[f32], mask: &[u8]) -> TestScores {
+    // paper-parity: §5 — strict `> 0.5` at test time.
+    let counts = Counts::new(probs, mask, |p| p > 0.5);
+    TestScores {
+        dice: test_dice(counts),
+        iou: jaccard(counts),
+    }
+}
+
+/// `2·Σpg / (Σp + Σg + 1e-5)` in float32: no smoothing in the numerator, so an empty prediction
+/// on an empty mask scores 0.
+pub fn test_dice(c: Counts) -> f32 {
+    // paper-parity: §5 / §7 quirk 11 — empty/empty is 0 at test time.
+    2.0 * c.overlap as f32 / (c.predicted as f32 + c.truth as f32 + 1e-5)
+}
+
+/// `sklearn.metrics.jaccard_score` for the positive label: `tp / (tp + fp + fn)`, and 0 when
+/// both are empty (sklearn's zero-division default).
+pub fn jaccard(c: Counts) -> f64 {
+    let union = c.predicted + c.truth - c.overlap;
+    if union == 0 {
+        0.0
+    } else {
+        c.overlap as f64 / union as f64
+    }
+}
+
+/// Validation hard Dice of one image: `p = [prob ≥ 0.5]`, then `1 − L_dice` of the criterion's
+/// Dice term, i.e. `(2Σpg + 4e-5)/(Σp + Σg + 4e-5)`; empty/empty scores 1.
+pub fn val_dice(probs: &[f32], mask: &[u8]) -> f32 {
+    // paper-parity: §3 `_show_dice` — `≥ 0.5`, and the 0.5 class weights scale the sums by
+    // 0.25 but not the 1e-5 smoothing (§7 quirk 26).
+    let c = Counts::new(probs, mask, |p| p >= 0.5);
+    let w2 = 0.5f32 * 0.5;
+    let numerator = 2.0 * (w2 * c.overlap as f32) + 1e-5;
+    let denominator = w2 * c.predicted as f32 + w2 * c.truth as f32 + 1e-5;
+    numerator / denominator
+}
+
+/// Means of per-image test scores, the numbers the paper reports (×100 for percent).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TestSummary {
+    pub images: usize,
+    pub dice_sum: f64,
+    pub iou_sum: f64,
+}
+
+impl TestSummary {
+    pub fn add(&mut self, scores: TestScores) {
+        self.images += 1;
+        self.dice_sum += f64::from(scores.dice);
+        self.iou_sum += scores.iou;
+    }
+
+    pub fn mean_dice(&self) -> f64 {
+        self.dice_sum / self.images.max(1) as f64
+    }
+
+    pub fn mean_iou(&self) -> f64 {
+        self.iou_sum / self.images.max(1) as f64
+    }
+}

@@ -1,0 +1,65 @@
+//! LViT's CNN encoder (reclmis.md §1.2).
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn::tensor::activation::relu;
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
+
+use super::init::Init;
+use super::nn::{BatchNorm, Conv2d};
+
+/// Conv3×3 (bias) → BatchNorm → ReLU. Keys `conv.*`, `norm.*`.
+#[derive(Module, Debug)]
+pub struct ConvBatchNorm {
+    pub conv: Conv2d,
+    pub norm: BatchNorm,
+}
+
+impl ConvBatchNorm {
+    pub fn new(cin: usize, cout: usize, init: &mut Init) -> Self {
+        Self {
+            conv: Conv2d::new(cin, cout, 3, true, init),
+            norm: BatchNorm::new(cout, init),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>, train: bool) -> Tensor<4> {
+        relu(self.norm.forward(self.conv.forward(x), train))
+    }
+}
+
+/// Two `ConvBatchNorm`s, keys `nConvs.{0,1}`.
+pub fn n_convs(cin: usize, cout: usize, init: &mut Init) -> Vec<ConvBatchNorm> {
+    vec![
+        ConvBatchNorm::new(cin, cout, init),
+        ConvBatchNorm::new(cout, cout, init),
+    ]
+}
+
+pub fn forward_convs(convs: &[ConvBatchNorm], mut x: Tensor<4>, train: bool) -> Tensor<4> {
+    for c in convs {
+        x = c.forward(x, train);
+    }
+    x
+}
+
+/// MaxPool 2×2 → two `ConvBatchNorm`s.
+#[derive(Module, Debug)]
+pub struct DownBlock {
+    pub n_convs: Vec<ConvBatchNorm>,
+}
+
+impl DownBlock {
+    pub fn new(cin: usize, cout: usize, init: &mut Init) -> Self {
+        Self {
+            n_convs: n_convs(cin, cout, init),
+        }
+    }
+
+    // [B, cin, H, W] -> [B, cout, H/2, W/2]
+    pub fn forward(&self, x: Tensor<4>, train: bool) -> Tensor<4> {
+        let x = max_pool2d(x, MaxPoolOptions::new([2, 2]));
+        forward_convs(&self.n_convs, x, train)
+    }
+}

@@ -1,0 +1,86 @@
+//! Seeded parameter initialisation with PyTorch's default distributions (reclmis.md §2).
+//!
+//! Values come from our own SplitMix64 stream, so a seed gives the same model on every machine
+//! and backend and with every crate version.
+
+use burn::module::Param;
+use burn::tensor::{Device, Shape, Tensor, TensorData};
+
+/// SplitMix64: small, fast, and stable across versions.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    pub fn unit_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.unit_f64() * n as f64) as usize % n.max(1)
+    }
+}
+
+pub struct Init {
+    rng: SplitMix64,
+    device: Device,
+}
+
+impl Init {
+    pub fn new(seed: u64, device: &Device) -> Self {
+        Self {
+            rng: SplitMix64::new(seed),
+            device: device.clone(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Uniform in [0, 1) with 24 random bits.
+    pub fn unit(&mut self) -> f32 {
+        (self.rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    pub fn tensor<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(values, Shape::from(shape)), &self.device)
+    }
+
+    /// `U(-bound, bound)`.
+    pub fn uniform<const D: usize>(&mut self, shape: [usize; D], bound: f32) -> Param<Tensor<D>> {
+        let n: usize = shape.iter().product();
+        let values = (0..n).map(|_| (2.0 * self.unit() - 1.0) * bound).collect();
+        Param::from_tensor(self.tensor(values, shape))
+    }
+
+    /// `N(0, std)` (Box-Muller).
+    pub fn normal<const D: usize>(&mut self, shape: [usize; D], std: f32) -> Param<Tensor<D>> {
+        let n: usize = shape.iter().product();
+        let values = (0..n)
+            .map(|_| {
+                let u1 = self.unit().max(1e-7);
+                let u2 = self.unit();
+                std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+            })
+            .collect();
+        Param::from_tensor(self.tensor(values, shape))
+    }
+
+    pub fn constant<const D: usize>(&mut self, shape: [usize; D], value: f32) -> Param<Tensor<D>> {
+        Param::from_tensor(Tensor::full(shape, value, &self.device))
+    }
+}
