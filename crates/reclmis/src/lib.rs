@@ -8,4 +8,5 @@
 pub mod model;
 
 pub mod checkpoint;
+pub mod data;
 pub mod tokenizer;

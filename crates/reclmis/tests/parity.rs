@@ -81,8 +81,9 @@ impl Checker<'_> {
                 at = i;
             }
         }
-        self.report
-            .push(format!("{name:<28} max abs err {worst:.3e} (scale {scale:.3e})"));
+        self.report.push(format!(
+            "{name:<28} max abs err {worst:.3e} (scale {scale:.3e})"
+        ));
         if std::env::var_os("PARITY_ALL").is_some() {
             if worst > tol * scale {
                 self.report.push(format!("  ^ FAIL {name}"));
@@ -261,8 +262,12 @@ fn parity(preset: &str, cfg: ModelConfig) {
             // Zero in exact arithmetic (a conv bias before a training-mode BatchNorm, the last
             // bias before a softmax): both sides are rounding noise, so only its size is checked.
             let worst = g[..n].iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            assert!(worst < 1e-6, "{name}: should be ~0, ours reaches {worst:.3e}");
-            c.report.push(format!("{name:<28} ~0 (ours max {worst:.1e})"));
+            assert!(
+                worst < 1e-6,
+                "{name}: should be ~0, ours reaches {worst:.3e}"
+            );
+            c.report
+                .push(format!("{name:<28} ~0 (ours max {worst:.1e})"));
             continue;
         }
         // float32 accumulation over B·224·224 positions in each conv backward compounds down

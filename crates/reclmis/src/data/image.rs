@@ -126,12 +126,10 @@ pub fn read_grey(path: &Path) -> Result<ImageU8, DataError> {
                     // libpng's `png_set_rgb_to_gray` in its "fast" 8-bit form truncates.
                     ((LIBPNG_R * u32::from(r) + LIBPNG_G * u32::from(g) + LIBPNG_B * u32::from(b))
                         >> 15) as u8
+                } else if bmp32 {
+                    bgra2gray_f32(b, g, r)
                 } else {
-                    if bmp32 {
-                        bgra2gray_f32(b, g, r)
-                    } else {
-                        opencv_bgr2gray(b, g, r)
-                    }
+                    opencv_bgr2gray(b, g, r)
                 }
             })
             .collect(),
@@ -481,13 +479,13 @@ mod tests {
     }
 
     fn scratch_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "reclmis-image-{name}-{}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("reclmis-image-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir is writable");
         dir
     }
+
+    /// `(src_w, src_h, channels, dst_w, dst_h, seed, FNV-1a of the output, sum of the output)`.
+    type ResizeCase = (usize, usize, usize, usize, usize, u64, u64, u64);
 
     #[test]
     fn resize_matches_opencv_bit_for_bit() {
@@ -495,7 +493,7 @@ mod tests {
         // from opencv-python 4.14 (`cv2.resize(src, (dst_w, dst_h))`) on LCG noise: covers
         // down- and upscaling, the exact-2× INTER_AREA path, one axis unchanged, 1×1 sources and
         // rows whose length is not a multiple of OpenCV's vector width.
-        let cases: [(usize, usize, usize, usize, usize, u64, u64, u64); 21] = [
+        let cases: [ResizeCase; 21] = [
             (260, 300, 3, 224, 224, 1000, 0xc310450795d9806e, 19188699),
             (150, 100, 3, 224, 224, 1001, 0x98800f5b8c6decd5, 19171052),
             (448, 448, 1, 224, 224, 1002, 0xcf4b6eea0ab46c9f, 6405116),
@@ -519,7 +517,10 @@ mod tests {
             (16, 16, 1, 224, 224, 1020, 0x8b195c0d95752d34, 6058339),
         ];
         for (sw, sh, cn, dw, dh, seed, hash, sum) in cases {
-            let src: Vec<u8> = lcg(seed, sw * sh * cn, 8).into_iter().map(|v| v as u8).collect();
+            let src: Vec<u8> = lcg(seed, sw * sh * cn, 8)
+                .into_iter()
+                .map(|v| v as u8)
+                .collect();
             let out = resize_linear_u8(&src, sw, sh, cn, dw, dh);
             assert_eq!(out.len(), dw * dh * cn);
             let got_sum: u64 = out.iter().map(|&v| u64::from(v)).sum();
@@ -535,7 +536,10 @@ mod tests {
     fn resize_by_hand() {
         // 2 → 4 columns: centres at -0.25, 0.25, 0.75, 1.25 source px; borders clamp.
         // 255·1536/2048 = 191.25 and 255·512/2048 = 63.75 through OpenCV's integer rounding.
-        assert_eq!(resize_linear_u8(&[0, 255], 2, 1, 1, 4, 1), [0, 64, 191, 255]);
+        assert_eq!(
+            resize_linear_u8(&[0, 255], 2, 1, 1, 4, 1),
+            [0, 64, 191, 255]
+        );
         // Exact 2× reduction: 2×2 means rounded half up (OpenCV's INTER_AREA fast path).
         let src = [0, 1, 10, 20, 2, 1, 30, 41];
         assert_eq!(resize_linear_u8(&src, 4, 2, 1, 2, 1), [1, 25]);
@@ -548,17 +552,60 @@ mod tests {
     fn write_fixtures(dir: &Path) -> Vec<PathBuf> {
         let (w, h) = (53u32, 37u32);
         let n = (w * h) as usize;
-        let b8 = |seed, c| -> Vec<u8> { lcg(seed, n * c, 8).into_iter().map(|v| v as u8).collect() };
+        let b8 =
+            |seed, c| -> Vec<u8> { lcg(seed, n * c, 8).into_iter().map(|v| v as u8).collect() };
         let b16 =
             |seed, c| -> Vec<u16> { lcg(seed, n * c, 16).into_iter().map(|v| v as u16).collect() };
         let images: Vec<(&str, DynamicImage, &[&str])> = vec![
-            ("l8", ImageBuffer::<Luma<u8>, _>::from_raw(w, h, b8(11, 1)).map(DynamicImage::ImageLuma8).expect("sized"), &["png", "tif", "bmp"]),
-            ("la8", ImageBuffer::<LumaA<u8>, _>::from_raw(w, h, b8(12, 2)).map(DynamicImage::ImageLumaA8).expect("sized"), &["png"]),
-            ("rgb8", ImageBuffer::<Rgb<u8>, _>::from_raw(w, h, b8(13, 3)).map(DynamicImage::ImageRgb8).expect("sized"), &["png", "tif", "bmp"]),
-            ("rgba8", ImageBuffer::<Rgba<u8>, _>::from_raw(w, h, b8(14, 4)).map(DynamicImage::ImageRgba8).expect("sized"), &["png", "tif", "bmp"]),
-            ("l16", ImageBuffer::<Luma<u16>, _>::from_raw(w, h, b16(15, 1)).map(DynamicImage::ImageLuma16).expect("sized"), &["png", "tif"]),
-            ("rgb16", ImageBuffer::<Rgb<u16>, _>::from_raw(w, h, b16(16, 3)).map(DynamicImage::ImageRgb16).expect("sized"), &["png", "tif"]),
-            ("rgba16", ImageBuffer::<Rgba<u16>, _>::from_raw(w, h, b16(17, 4)).map(DynamicImage::ImageRgba16).expect("sized"), &["png", "tif"]),
+            (
+                "l8",
+                ImageBuffer::<Luma<u8>, _>::from_raw(w, h, b8(11, 1))
+                    .map(DynamicImage::ImageLuma8)
+                    .expect("sized"),
+                &["png", "tif", "bmp"],
+            ),
+            (
+                "la8",
+                ImageBuffer::<LumaA<u8>, _>::from_raw(w, h, b8(12, 2))
+                    .map(DynamicImage::ImageLumaA8)
+                    .expect("sized"),
+                &["png"],
+            ),
+            (
+                "rgb8",
+                ImageBuffer::<Rgb<u8>, _>::from_raw(w, h, b8(13, 3))
+                    .map(DynamicImage::ImageRgb8)
+                    .expect("sized"),
+                &["png", "tif", "bmp"],
+            ),
+            (
+                "rgba8",
+                ImageBuffer::<Rgba<u8>, _>::from_raw(w, h, b8(14, 4))
+                    .map(DynamicImage::ImageRgba8)
+                    .expect("sized"),
+                &["png", "tif", "bmp"],
+            ),
+            (
+                "l16",
+                ImageBuffer::<Luma<u16>, _>::from_raw(w, h, b16(15, 1))
+                    .map(DynamicImage::ImageLuma16)
+                    .expect("sized"),
+                &["png", "tif"],
+            ),
+            (
+                "rgb16",
+                ImageBuffer::<Rgb<u16>, _>::from_raw(w, h, b16(16, 3))
+                    .map(DynamicImage::ImageRgb16)
+                    .expect("sized"),
+                &["png", "tif"],
+            ),
+            (
+                "rgba16",
+                ImageBuffer::<Rgba<u16>, _>::from_raw(w, h, b16(17, 4))
+                    .map(DynamicImage::ImageRgba16)
+                    .expect("sized"),
+                &["png", "tif"],
+            ),
         ];
         let mut paths = Vec::new();
         for (name, img, exts) in images {
@@ -622,10 +669,17 @@ mod tests {
         let img = load_image(&dir.join("rgb8.png"), 64).expect("fixture decodes");
         assert_eq!(img.len(), 3 * 64 * 64);
         let bytes: Vec<u8> = img.iter().map(|&v| (v * 255.0).round() as u8).collect();
-        assert!(img.iter().zip(&bytes).all(|(&v, &b)| v == f32::from(b) / 255.0));
+        assert!(
+            img.iter()
+                .zip(&bytes)
+                .all(|(&v, &b)| v == f32::from(b) / 255.0)
+        );
         assert_eq!(fnv1a(&bytes), 0x938948a4305e4e17);
         let at = 10 * 64 + 20;
-        assert_eq!([bytes[at], bytes[4096 + at], bytes[2 * 4096 + at]], [90, 202, 78]);
+        assert_eq!(
+            [bytes[at], bytes[4096 + at], bytes[2 * 4096 + at]],
+            [90, 202, 78]
+        );
 
         // A sparse mask: bilinear + `> 0` grows each dot (cv2 gives the counts below).
         let (w, h) = (53u32, 37u32);
@@ -641,7 +695,13 @@ mod tests {
         let count = |m: &[u8]| m.iter().map(|&v| usize::from(v)).sum::<usize>();
         // (cv2.imread(f, 0) → cv2.resize → > 0), opencv-python 4.14.
         assert_eq!(
-            (source_fg, count(&up), fnv1a(&up), count(&down), fnv1a(&down)),
+            (
+                source_fg,
+                count(&up),
+                fnv1a(&up),
+                count(&down),
+                fnv1a(&down)
+            ),
             (68, 1232, 0x347ab18d2274224b, 141, 0x175f19df8103d5fc)
         );
         std::fs::remove_dir_all(&dir).ok();
@@ -653,7 +713,10 @@ mod tests {
         let cases = [
             ("empty.png", &b""[..]),
             ("text.png", &b"this is not an image"[..]),
-            ("truncated.png", &b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x10"[..]),
+            (
+                "truncated.png",
+                &b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x10"[..],
+            ),
         ];
         for (name, bytes) in cases {
             let path = dir.join(name);

@@ -105,3 +105,82 @@ impl TestSummary {
         self.iou_sum / self.images.max(1) as f64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_protocol_by_hand() {
+        // p > 0.5 → [1, 0, 0, 1] (0.5 itself is out); g = [1, 1, 0, 0]: tp 1, Σp 2, Σg 2.
+        let s = test_scores(&[0.6, 0.5, 0.4, 0.9], &[1, 1, 0, 0]);
+        assert_eq!(s.dice, 2.0f32 / 4.00001f32);
+        assert!((s.dice - 0.499_998_75).abs() < 1e-7);
+        assert_eq!(s.iou, 1.0 / 3.0);
+        // Perfect: 2n/(2n + 1e-5), IoU 1.
+        let s = test_scores(&[0.9, 0.9, 0.1], &[1, 1, 0]);
+        assert_eq!(s.dice, 4.0f32 / (4.0f32 + 1e-5));
+        assert_eq!(s.iou, 1.0);
+        // Empty/empty scores 0 and 0 at test time; one side empty also 0 and 0.
+        assert_eq!(
+            test_scores(&[0.1, 0.5], &[0, 0]),
+            TestScores {
+                dice: 0.0,
+                iou: 0.0
+            }
+        );
+        assert_eq!(
+            test_scores(&[0.1, 0.2], &[1, 0]),
+            TestScores {
+                dice: 0.0,
+                iou: 0.0
+            }
+        );
+        assert_eq!(
+            test_scores(&[0.7, 0.2], &[0, 0]),
+            TestScores {
+                dice: 0.0,
+                iou: 0.0
+            }
+        );
+        // Masks count anything non-zero as foreground.
+        assert_eq!(test_scores(&[0.9], &[255]).iou, 1.0);
+    }
+
+    #[test]
+    fn validation_dice_by_hand() {
+        // p ≥ 0.5 → [1, 1, 0, 1]; tp 2, Σp 3, Σg 2: (4 + 4e-5)/(5 + 4e-5) = 0.800 001 6.
+        let d = val_dice(&[0.6, 0.5, 0.4, 0.9], &[1, 1, 0, 0]);
+        assert!((d - 0.800_001_6).abs() < 1e-7, "{d}");
+        assert_eq!(
+            d,
+            (0.5f32 * 2.0 + 1e-5) / (0.25f32 * 3.0 + 0.25 * 2.0 + 1e-5)
+        );
+        // Empty/empty scores 1 in validation (and 0 at test time).
+        assert_eq!(val_dice(&[0.1, 0.49], &[0, 0]), 1.0);
+        // Prediction empty, mask not: 1e-5 / (0.25·2 + 1e-5) ≈ 2e-5.
+        let d = val_dice(&[0.1, 0.2], &[1, 1]);
+        assert!((d - 2e-5).abs() < 1e-9, "{d}");
+    }
+
+    #[test]
+    fn summary_means() {
+        let mut summary = TestSummary::default();
+        summary.add(TestScores {
+            dice: 0.5,
+            iou: 0.25,
+        });
+        summary.add(TestScores {
+            dice: 1.0,
+            iou: 0.75,
+        });
+        summary.add(TestScores {
+            dice: 0.0,
+            iou: 0.0,
+        });
+        assert_eq!(summary.images, 3);
+        assert!((summary.mean_dice() - 0.5).abs() < 1e-12);
+        assert!((summary.mean_iou() - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(TestSummary::default().mean_dice(), 0.0);
+    }
+}

@@ -220,14 +220,18 @@ fn read_spreadsheet(path: &Path) -> Result<Vec<RawRow>, DataError> {
 }
 
 fn read_csv(path: &Path) -> Result<Vec<RawRow>, DataError> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        what: "notes file",
+        path: path.to_path_buf(),
+        source,
+    })?;
     let unreadable = |e: csv::Error| DataError::NotesFile {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
-        .from_path(path)
-        .map_err(unreadable)?;
+        .from_reader(bytes.as_slice());
     let header: Vec<String> = reader
         .headers()
         .map_err(unreadable)?
@@ -238,7 +242,16 @@ fn read_csv(path: &Path) -> Result<Vec<RawRow>, DataError> {
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record.map_err(unreadable)?;
-        let row = record.position().map_or(0, |p| p.line() as usize);
+        // The reader's line count and offset include the blank lines it skips before a record;
+        // step over them and count the newlines before the record itself.
+        let mut start = record.position().map_or(0, |p| p.byte() as usize);
+        while matches!(bytes.get(start), Some(b'\r' | b'\n')) {
+            start += 1;
+        }
+        let row = 1 + bytes[..start.min(bytes.len())]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
         let cell = |col: usize| match record.get(col) {
             Some(s) if !s.is_empty() => Cell::Text(s.to_string()),
             _ => Cell::Empty,
@@ -315,10 +328,7 @@ mod tests {
     }
 
     fn scratch_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "reclmis-notes-{name}-{}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("reclmis-notes-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir is writable");
         dir
     }
@@ -376,7 +386,11 @@ mod tests {
                     image.to_string()
                 };
                 let note = notes.get(&key).expect("every input has a note");
-                assert_eq!(pad(&note.text), input["note"].as_str().expect("note"), "{key}");
+                assert_eq!(
+                    pad(&note.text),
+                    input["note"].as_str().expect("note"),
+                    "{key}"
+                );
             }
         }
         // The MosMed fixture has a 7-word note: padding appends " EOF XXX" twice.
@@ -396,7 +410,10 @@ mod tests {
         let test = Notes::read(&root.join("Test_Folder/Test_text.xlsx")).expect("Test_text.xlsx");
         assert_eq!(test.len(), 600);
         let first = test.iter().next().expect("non-empty");
-        assert_eq!(first.key, "mask_sub-S08047_ses-E16837_run-1_bp-chest_cr.png");
+        assert_eq!(
+            first.key,
+            "mask_sub-S08047_ses-E16837_run-1_bp-chest_cr.png"
+        );
         assert_eq!(first.row, 2);
         assert_eq!(
             first.text,
@@ -406,7 +423,11 @@ mod tests {
             Notes::read(&root.join("Test_Folder/Test_text_cleaned.csv")).expect("cleaned csv");
         assert_eq!(cleaned.len(), 600);
         let same_key = cleaned.get(&first.key).expect("same keys in both files");
-        assert!(same_key.text.starts_with("bilateral pulmonary infection, six infected areas"));
+        assert!(
+            same_key
+                .text
+                .starts_with("bilateral pulmonary infection, six infected areas")
+        );
         let train_val =
             Notes::read(&root.join("Train_Folder/Train_Val_text.xlsx")).expect("Train_Val");
         assert_eq!(train_val.len(), 1250);
@@ -425,8 +446,14 @@ mod tests {
         let notes = Notes::read(&csv).expect("csv reads");
         // The duplicate (same note, other case) is accepted once.
         assert_eq!(notes.len(), 2);
-        assert_eq!(notes.get("mask_a.png").map(|n| n.text.as_str()), Some("Left lung, upper."));
-        assert_eq!(notes.get("MASK_B.PNG").map(|n| (n.key.as_str(), n.row)), Some(("mask_b.png", 4)));
+        assert_eq!(
+            notes.get("mask_a.png").map(|n| n.text.as_str()),
+            Some("Left lung, upper.")
+        );
+        assert_eq!(
+            notes.get("MASK_B.PNG").map(|n| (n.key.as_str(), n.row)),
+            Some(("mask_b.png", 4))
+        );
         assert!(notes.get("mask_c.png").is_none());
 
         let jsonl = dir.join("notes.JSONL");
@@ -437,11 +464,16 @@ mod tests {
         )
         .expect("write");
         let notes = Notes::read(&jsonl).expect("jsonl reads");
-        let all: Vec<(&str, &str, usize)> =
-            notes.iter().map(|n| (n.key.as_str(), n.text.as_str(), n.row)).collect();
+        let all: Vec<(&str, &str, usize)> = notes
+            .iter()
+            .map(|n| (n.key.as_str(), n.text.as_str(), n.row))
+            .collect();
         assert_eq!(
             all,
-            [("x.png", "Upper left lung.", 1), ("y.png", "Lower right lung.", 3)]
+            [
+                ("x.png", "Upper left lung.", 1),
+                ("y.png", "Lower right lung.", 3)
+            ]
         );
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -459,21 +491,45 @@ mod tests {
         std::fs::write(&csv, "Image,Text\na.png,note\n").expect("write");
         let err = Notes::read(&csv).expect_err("no Description");
         let msg = err.to_string();
-        assert!(matches!(err, DataError::MissingColumn { column: "Description", .. }));
-        assert!(msg.contains("`Image`, `Text`") && msg.contains("cols.csv"), "{msg}");
+        assert!(matches!(
+            err,
+            DataError::MissingColumn {
+                column: "Description",
+                ..
+            }
+        ));
+        assert!(
+            msg.contains("`Image`, `Text`") && msg.contains("cols.csv"),
+            "{msg}"
+        );
 
         // Empty and non-text notes, with their spreadsheet rows.
         let xlsx = dir.join("cells.xlsx");
-        write_xlsx(&xlsx, &[("a.png", XlsxCell::Text("Left lung.")), ("b.png", XlsxCell::Blank)]);
+        write_xlsx(
+            &xlsx,
+            &[
+                ("a.png", XlsxCell::Text("Left lung.")),
+                ("b.png", XlsxCell::Blank),
+            ],
+        );
         let (row, reason) = row_of(Notes::read(&xlsx).expect_err("blank note"));
         assert_eq!(row, 3);
         assert!(reason.contains("empty note for `b.png`"), "{reason}");
-        write_xlsx(&xlsx, &[("a.png", XlsxCell::Number(3.0)), ("b.png", XlsxCell::Text("x"))]);
+        write_xlsx(
+            &xlsx,
+            &[
+                ("a.png", XlsxCell::Number(3.0)),
+                ("b.png", XlsxCell::Text("x")),
+            ],
+        );
         let err = Notes::read(&xlsx).expect_err("numeric note");
         assert!(err.to_string().contains("cells.xlsx:2"), "{err}");
         assert!(err.to_string().contains("non-text note"), "{err}");
         write_xlsx(&xlsx, &[("a.png", XlsxCell::Text("   "))]);
-        assert_eq!(row_of(Notes::read(&xlsx).expect_err("whitespace note")).0, 2);
+        assert_eq!(
+            row_of(Notes::read(&xlsx).expect_err("whitespace note")).0,
+            2
+        );
 
         // Duplicate keys: same note is fine, a different one is not.
         write_xlsx(
@@ -486,7 +542,12 @@ mod tests {
             ],
         );
         match Notes::read(&xlsx).expect_err("conflicting duplicate") {
-            DataError::DuplicateKey { row, first_row, key, .. } => {
+            DataError::DuplicateKey {
+                row,
+                first_row,
+                key,
+                ..
+            } => {
                 assert_eq!((row, first_row, key.as_str()), (5, 3, "b.png"));
             }
             other => panic!("expected a duplicate-key error, got {other:?}"),
@@ -494,20 +555,33 @@ mod tests {
 
         // JSONL: bad JSON, a missing field and a non-text note, each with its line.
         let jsonl = dir.join("bad.jsonl");
-        std::fs::write(&jsonl, "{\"Image\": \"a\", \"Description\": \"ok\"}\n{oops\n").expect("write");
+        std::fs::write(
+            &jsonl,
+            "{\"Image\": \"a\", \"Description\": \"ok\"}\n{oops\n",
+        )
+        .expect("write");
         assert_eq!(row_of(Notes::read(&jsonl).expect_err("bad json")).0, 2);
         std::fs::write(&jsonl, "{\"Image\": \"a\", \"Note\": \"x\"}\n").expect("write");
         let (row, reason) = row_of(Notes::read(&jsonl).expect_err("missing field"));
         assert_eq!(row, 1);
-        assert!(reason.contains("Description") && reason.contains("Image, Note"), "{reason}");
+        assert!(
+            reason.contains("Description") && reason.contains("Image, Note"),
+            "{reason}"
+        );
         std::fs::write(&jsonl, "{\"Image\": \"a\", \"Description\": 7}\n").expect("write");
-        assert!(row_of(Notes::read(&jsonl).expect_err("number")).1.contains("non-text"));
+        assert!(
+            row_of(Notes::read(&jsonl).expect_err("number"))
+                .1
+                .contains("non-text")
+        );
 
         // Unreadable files and unknown formats name the file.
         let fake = dir.join("fake.xlsx");
         std::fs::write(&fake, b"not a zip").expect("write");
         let err = Notes::read(&fake).expect_err("not a workbook");
-        assert!(matches!(err, DataError::NotesFile { .. }) && err.to_string().contains("fake.xlsx"));
+        assert!(
+            matches!(err, DataError::NotesFile { .. }) && err.to_string().contains("fake.xlsx")
+        );
         let err = Notes::read(&dir.join("absent.csv")).expect_err("missing");
         assert!(err.to_string().contains("absent.csv"), "{err}");
         let err = Notes::read(&dir.join("notes.txt")).expect_err("unknown format");

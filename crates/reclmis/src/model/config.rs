@@ -18,7 +18,9 @@ impl std::str::FromStr for Preset {
         match s.to_ascii_lowercase().as_str() {
             "qata" => Ok(Self::Qata),
             "mosmed" => Ok(Self::Mosmed),
-            other => Err(format!("unknown preset '{other}' (expected qata or mosmed)")),
+            other => Err(format!(
+                "unknown preset '{other}' (expected qata or mosmed)"
+            )),
         }
     }
 }
@@ -69,6 +71,8 @@ pub enum TextEncoderConfig {
         width: usize,
         layers: usize,
         heads: usize,
+        /// Output width (`text_projection [width, embed]`).
+        embed: usize,
     },
     /// A small trainable transformer of the same shape family that needs no download.
     Builtin {
@@ -86,6 +90,7 @@ impl TextEncoderConfig {
             width: 512,
             layers: 12,
             heads: 8,
+            embed: 512,
         }
     }
 
@@ -237,15 +242,21 @@ impl ModelConfig {
                 width,
                 heads,
                 context,
+                embed,
                 ..
             } => {
+                if width % heads != 0 {
+                    return err(format!(
+                        "CLIP heads {heads} do not divide its width {width}"
+                    ));
+                }
                 if self.context > *context {
                     return err(format!(
                         "context {} exceeds CLIP's positional table ({context})",
                         self.context
                     ));
                 }
-                (*width, *heads)
+                (*embed, self.interactor_heads)
             }
             TextEncoderConfig::Builtin { width, heads, .. } => (*width, *heads),
         };

@@ -26,8 +26,13 @@ pub fn criterion(probs: Tensor<4>, target: Tensor<3>) -> Tensor<1> {
     // paper-parity: §7 #26 — the 0.5 class weights scale numerator and denominator, not the
     // smoothing.
     let (pw, gw) = (p.clone().mul_scalar(0.5), g.clone().mul_scalar(0.5));
-    let inter = (pw.clone() * gw.clone()).sum_dim(1).mul_scalar(2.0).add_scalar(1e-5);
-    let denom = (pw.clone() * pw + gw.clone() * gw).sum_dim(1).add_scalar(1e-5);
+    let inter = (pw.clone() * gw.clone())
+        .sum_dim(1)
+        .mul_scalar(2.0)
+        .add_scalar(1e-5);
+    let denom = (pw.clone() * pw + gw.clone() * gw)
+        .sum_dim(1)
+        .add_scalar(1e-5);
     let dice = (inter / denom).neg().add_scalar(1.0).mean(); // [1]
     let log_p = p.clone().log().clamp_min(-100.0);
     let log_q = p.neg().add_scalar(1.0).log().clamp_min(-100.0);
@@ -89,7 +94,10 @@ pub fn ccl(
     let eps = if paper { 0.0 } else { 1e-8 };
     let t = l2_normalise(text_feat, eps).reshape([b * l, d]);
     let v = l2_normalise(img_tokens, eps).reshape([b * n, d]);
-    let s = t.matmul(v.transpose()).reshape([b, l, b, n]).swap_dims(1, 2); // [a, b, L, N]
+    let s = t
+        .matmul(v.transpose())
+        .reshape([b, l, b, n])
+        .swap_dims(1, 2); // [a, b, L, N]
     let s = s * text_mask.clone().reshape([b, 1, l, 1]);
     // t2v[a, b] = Σ_t ω_t[a, t] · max_v S
     let t2v = (s.clone().max_dim(3).reshape([b, b, l]) * omega_t.reshape([b, 1, l]))

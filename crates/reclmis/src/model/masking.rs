@@ -53,6 +53,7 @@ pub fn sample_indices(p: &[f32], n: usize, rng: &mut SplitMix64) -> Vec<usize> {
 
 /// Samples the image and text masks from POI `[B, N]` and WOI `[B, L]` (row-major host copies).
 /// `lens[b]` is the number of real tokens of sample b (masking only ever picks among those).
+#[allow(clippy::too_many_arguments)]
 pub fn sample_masks(
     poi: &[f32],
     woi: &[f32],

@@ -25,8 +25,8 @@ use interactor::Interactor;
 pub use masking::TokenMask;
 use nn::{Conv1d, Conv2d, Mlp2, NEG_INF, dropout};
 use reconstructor::DualTransformer;
-pub use text::TokenBatch;
 use text::TextTower;
+pub use text::TokenBatch;
 
 /// The whole model. Field names are the authors' state-dict names (`weights.rs` maps the few
 /// that Rust spells differently: `nConvs`, `pixModule`, `CTBN`, `0`/`2`).
@@ -119,13 +119,7 @@ impl RecLMIS {
         let d = cfg.d_model();
         Self {
             inc: ConvBatchNorm::new(3, b, init),
-            interact: Interactor::new(
-                8 * b,
-                d,
-                cfg.n_img_tokens(),
-                cfg.interactor_heads,
-                init,
-            ),
+            interact: Interactor::new(8 * b, d, cfg.n_img_tokens(), cfg.interactor_heads, init),
             down1: DownBlock::new(b, 2 * b, init),
             down2: DownBlock::new(2 * b, 4 * b, init),
             down3: DownBlock::new(4 * b, 8 * b, init),
@@ -139,18 +133,8 @@ impl RecLMIS {
             clip: TextTower::new(&cfg.text_encoder, cfg.context, init),
             mlp_woi: Mlp2::new(d, d, 1, init),
             mlp_visual: Mlp2::new(d, d, 1, init),
-            rec_text_trans1: DualTransformer::new(
-                d,
-                cfg.rec_heads,
-                cfg.rec_layers,
-                init,
-            ),
-            rec_img_trans1: DualTransformer::new(
-                d,
-                cfg.rec_heads,
-                cfg.rec_layers,
-                init,
-            ),
+            rec_text_trans1: DualTransformer::new(d, cfg.rec_heads, cfg.rec_layers, init),
+            rec_img_trans1: DualTransformer::new(d, cfg.rec_heads, cfg.rec_layers, init),
         }
     }
 
@@ -161,7 +145,9 @@ impl RecLMIS {
     /// The text tower's output for a batch of notes (`text_feat_clip [B, L, D]`). With a frozen
     /// tower this is a pure function of the tokens, so callers may cache it.
     pub fn encode_text(&self, cfg: &ModelConfig, tokens: &TokenBatch, train: bool) -> Tensor<3> {
-        let out = self.clip.forward(tokens, train && !cfg.text_encoder.is_frozen());
+        let out = self
+            .clip
+            .forward(tokens, train && !cfg.text_encoder.is_frozen());
         if cfg.text_encoder.is_frozen() {
             out.detach()
         } else {
@@ -194,9 +180,9 @@ impl RecLMIS {
         let f4 = self.down4.forward(f3.clone(), train); // [B, 8b, g, g]
 
         let with_text = !matches!(branches, Branches::Segment);
-        let (v1, t2) = self
-            .interact
-            .forward(f4.clone(), text_feat.clone(), cfg.dropout, train, with_text);
+        let (v1, t2) =
+            self.interact
+                .forward(f4.clone(), text_feat.clone(), cfg.dropout, train, with_text);
         // V' [B, N, D]
 
         let g = cfg.grid();
@@ -216,7 +202,11 @@ impl RecLMIS {
             let poi = softmax(self.mlp_visual.forward(a).squeeze_dim::<2>(2), 1); // [B, N]
             let bt = dropout(t2.clone(), cfg.head_dropout, train);
             let s = self.mlp_woi.forward(bt).squeeze_dim::<2>(2); // [B, L]
-            let s = s + text_mask.clone().neg().add_scalar(1.0).mul_scalar(NEG_INF as f64);
+            let s = s + text_mask
+                .clone()
+                .neg()
+                .add_scalar(1.0)
+                .mul_scalar(NEG_INF as f64);
             let woi = softmax(s, 1); // [B, L], exactly 0 at pads
             let masks = match branches {
                 Branches::Segment | Branches::Explain => None,
@@ -302,9 +292,14 @@ impl RecLMIS {
             cfg.dropout,
             train,
         );
-        let rec_img =
-            self.rec_img_trans1
-                .forward(x.text_feat.clone(), masked_img, &x.woi, paper, cfg.dropout, train);
+        let rec_img = self.rec_img_trans1.forward(
+            x.text_feat.clone(),
+            masked_img,
+            &x.woi,
+            paper,
+            cfg.dropout,
+            train,
+        );
 
         let text_target = x.text_feat_clip.detach();
         let loss_text_rec = if paper {

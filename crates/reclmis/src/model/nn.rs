@@ -164,7 +164,12 @@ impl BatchNorm {
         }
         let dims = x.dims();
         let c = dims[1];
-        let n: usize = dims.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, d)| d).product();
+        let n: usize = dims
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, d)| d)
+            .product();
         let reduce: Vec<usize> = (0..D).filter(|&i| i != 1).collect();
         let mut stat_shape = [1usize; D];
         stat_shape[1] = c;
@@ -173,22 +178,28 @@ impl BatchNorm {
         let x64 = x.cast(FloatDType::F64);
         let mean = x64.clone().sum_dims(&reduce).div_scalar(n as f64); // [1, C, 1, 1]
         let xc = x64 - mean.clone();
-        let var = xc.clone().powi_scalar(2).sum_dims(&reduce).div_scalar(n as f64);
+        let var = xc
+            .clone()
+            .powi_scalar(2)
+            .sum_dims(&reduce)
+            .div_scalar(n as f64);
         let inv = var.clone().add_scalar(BN_EPS).sqrt().recip();
         let w = self.weight.val().cast(FloatDType::F64).reshape(stat_shape);
         let b = self.bias.val().cast(FloatDType::F64).reshape(stat_shape);
         let y = (xc * inv * w + b).cast(FloatDType::F32);
-        let unbiased = if n > 1 { n as f64 / (n as f64 - 1.0) } else { 1.0 };
+        let unbiased = if n > 1 {
+            n as f64 / (n as f64 - 1.0)
+        } else {
+            1.0
+        };
         let mean = mean.detach().cast(FloatDType::F32).reshape([c]);
         let var = var.detach().cast(FloatDType::F32).reshape([c]);
         let rm = self.running_mean.value_sync();
         let rv = self.running_var.value_sync();
-        self.running_mean.update(
-            (rm.mul_scalar(1.0 - BN_MOMENTUM) + mean.mul_scalar(BN_MOMENTUM)).detach(),
-        );
+        self.running_mean
+            .update((rm.mul_scalar(1.0 - BN_MOMENTUM) + mean.mul_scalar(BN_MOMENTUM)).detach());
         self.running_var.update(
-            (rv.mul_scalar(1.0 - BN_MOMENTUM) + var.mul_scalar(BN_MOMENTUM as f64 * unbiased))
-                .detach(),
+            (rv.mul_scalar(1.0 - BN_MOMENTUM) + var.mul_scalar(BN_MOMENTUM * unbiased)).detach(),
         );
         y
     }
@@ -281,7 +292,11 @@ impl Attention {
         let hd = d / h;
         let w = self.in_proj_weight.val();
         let bias = self.in_proj_bias.val();
-        let q = linear(q_in, w.clone().narrow(0, 0, d), bias.clone().narrow(0, 0, d));
+        let q = linear(
+            q_in,
+            w.clone().narrow(0, 0, d),
+            bias.clone().narrow(0, 0, d),
+        );
         let k = linear(
             kv_in.clone(),
             w.clone().narrow(0, d, d),

@@ -85,7 +85,9 @@ pub struct TransformerDecoder {
 impl TransformerDecoder {
     fn new(d: usize, heads: usize, layers: usize, init: &mut Init) -> Self {
         Self {
-            decoder_layers: (0..layers).map(|_| DecoderLayer::new(d, heads, init)).collect(),
+            decoder_layers: (0..layers)
+                .map(|_| DecoderLayer::new(d, heads, init))
+                .collect(),
         }
     }
 

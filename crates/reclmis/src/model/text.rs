@@ -137,19 +137,20 @@ pub struct Embedding {
 
 impl TextTower {
     pub fn new(cfg: &TextEncoderConfig, context: usize, init: &mut Init) -> Self {
-        let (vocab, ctx, width, layers, heads) = match *cfg {
+        let (vocab, ctx, width, layers, heads, embed) = match *cfg {
             TextEncoderConfig::Clip {
                 vocab,
                 context,
                 width,
                 layers,
                 heads,
-            } => (vocab, context, width, layers, heads),
+                embed,
+            } => (vocab, context, width, layers, heads, embed),
             TextEncoderConfig::Builtin {
                 width,
                 layers,
                 heads,
-            } => (CLIP_VOCAB, context, width, layers, heads),
+            } => (CLIP_VOCAB, context, width, layers, heads, width),
         };
         // CLIP's own initialisation (token N(0, 0.02), positions N(0, 0.01), projection
         // N(0, width^-1/2)); only the built-in encoder is ever trained from it.
@@ -164,7 +165,7 @@ impl TextTower {
                     .collect(),
             },
             ln_final: LayerNorm::new(width, init),
-            text_projection: init.normal([width, width], (width as f32).powf(-0.5)),
+            text_projection: init.normal([width, embed], (width as f32).powf(-0.5)),
             logit_scale: init.constant([1], 100f32.ln()),
         }
     }
@@ -173,8 +174,15 @@ impl TextTower {
     pub fn forward(&self, tokens: &TokenBatch, train: bool) -> Tensor<3> {
         let device = self.positional_embedding.val().device();
         let l = tokens.len;
-        let x = embedding(self.token_embedding.weight.val(), tokens.ids_tensor(&device));
-        let pos = self.positional_embedding.val().narrow(0, 0, l).unsqueeze_dim(0);
+        let x = embedding(
+            self.token_embedding.weight.val(),
+            tokens.ids_tensor(&device),
+        );
+        let pos = self
+            .positional_embedding
+            .val()
+            .narrow(0, 0, l)
+            .unsqueeze_dim(0);
         let mut x = x + pos; // [B, L, W]
         let mask = tokens.clip_attention_mask(&device);
         for block in &self.transformer.resblocks {
