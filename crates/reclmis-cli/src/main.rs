@@ -1,1 +1,390 @@
-fn main() {}
+//! `reclmis`, the command-line tool: it parses flags, shows progress and prints results; the work
+//! is done by library functions (product.md "Commands").
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input. A failure prints one line
+//! `error: …` on stderr, and `hint: …` where one helps.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use burn::tensor::Device;
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use reclmis::Error;
+use reclmis::checkpoint::import::{ImportError, import_authors_checkpoint, model_with_clip};
+use reclmis::checkpoint::ours::{self, SaveOptions, TrainState};
+use reclmis::checkpoint::torch::{Format, sniff};
+use reclmis::data::image::read_bgr;
+use reclmis::inspect::{Inspection, inspect_checkpoint, inspect_config, thousands};
+use reclmis::model::{ModelConfig, Preset};
+use reclmis::predict::{self, FolderOptions, Prediction};
+
+#[derive(Parser)]
+#[command(
+    name = "reclmis",
+    version,
+    about = "Language-guided medical image segmentation with RecLMIS",
+    long_about = "Language-guided medical image segmentation with RecLMIS: an image and a short \
+                  clinical note in, the lesion mask the note describes out, with the patches (POI) \
+                  and words (WOI) the model relied on.\n\nExit codes: 0 success, 1 runtime \
+                  failure, 2 bad usage or bad input."
+)]
+struct Cli {
+    /// Worker threads for image decoding and CPU tensor work. Sets RAYON_NUM_THREADS for this
+    /// run (default: that variable if set, else one thread per core).
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Segment images from their notes: mask.png, prob.npy, overlay.png, poi.png, woi.json
+    Predict(PredictArgs),
+    /// Convert the authors' .pth.tar, OpenAI's ViT-B-32.pt or HF CLIP safetensors to our checkpoint
+    Import(ImportArgs),
+    /// Parameter table per block, config and text encoder of a preset or checkpoint
+    Inspect(InspectArgs),
+    // Commands still to come (the lead adds them): `demo`, `synth`, `train`, `evaluate`, `bench`.
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("input").required(true).args(["image", "images"])))]
+struct PredictArgs {
+    /// Our checkpoint (`reclmis import` makes one from the authors' .pth.tar)
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// One image (PNG, JPEG, BMP, TIFF)
+    #[arg(long, value_name = "FILE", requires = "text")]
+    image: Option<PathBuf>,
+    /// The clinical note of --image
+    #[arg(long, value_name = "NOTE", requires = "image")]
+    text: Option<String>,
+    /// A folder of images; outputs go to one subfolder per image
+    #[arg(long, value_name = "DIR", requires = "notes")]
+    images: Option<PathBuf>,
+    /// Notes of --images (.xlsx, .csv or .jsonl with `Image` and `Description`); keys match
+    /// the file name or `mask_` + the file name, ignoring case
+    #[arg(long, value_name = "FILE", requires = "images")]
+    notes: Option<PathBuf>,
+    /// Use the empty note for images of --images that have none (default: an error)
+    #[arg(long, requires = "images")]
+    allow_missing_notes: bool,
+    /// Output folder
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// best_model-RecLMIS.pth.tar (the authors'), ViT-B-32.pt (OpenAI) or model.safetensors (HF CLIP)
+    src: PathBuf,
+    /// Where to write our checkpoint (.safetensors)
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// For CLIP weights: the preset of the fresh model around them (default qata). For the
+    /// authors' checkpoint it is read from the file; giving a different one is an error.
+    #[arg(long, value_name = "P")]
+    preset: Option<Preset>,
+    /// For CLIP weights: seed of the fresh model's initialisation
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("what").required(true).args(["preset", "checkpoint"])))]
+struct InspectArgs {
+    /// qata or mosmed (the paper's configurations)
+    #[arg(long, value_name = "P")]
+    preset: Option<Preset>,
+    /// Our checkpoint (only its header is read)
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// JSON on stdout instead of the table
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // SAFETY: nothing else runs yet (no thread has been started, rayon's pool is built
+        // lazily on first use), so no one reads the environment concurrently.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+    let json = matches!(&cli.command, Command::Inspect(a) if a.json);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => ExitCode::from(report_error(&e, json)),
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Predict(args) => run_predict(args),
+        Command::Import(args) => run_import(args),
+        Command::Inspect(args) => run_inspect(args),
+    }
+}
+
+/// Prints the error (one line, causes joined) and its hint; returns the exit code.
+fn report_error(e: &anyhow::Error, json: bool) -> u8 {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        // Many messages already quote their cause; do not say it twice.
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    let message = one_line(&message);
+    let lib = e.chain().find_map(|c| c.downcast_ref::<Error>());
+    let hint = lib.and_then(Error::hint).map(|h| one_line(&h));
+    let code = match lib {
+        Some(l) => l.exit_code(),
+        // A library error that reached here without going through `reclmis::Error` is still
+        // bad input.
+        None if e.chain().any(is_library_input_error) => reclmis::error::EXIT_BAD_INPUT,
+        None => reclmis::error::EXIT_RUNTIME,
+    };
+    eprintln!("error: {message}");
+    if let Some(h) = &hint {
+        eprintln!("hint: {h}");
+    }
+    if json {
+        let v = serde_json::json!({ "error": message, "hint": hint, "exit_code": code });
+        println!("{v}");
+    }
+    u8::try_from(code).unwrap_or(1)
+}
+
+fn is_library_input_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.is::<reclmis::data::DataError>()
+        || e.is::<ImportError>()
+        || e.is::<ours::CheckpointError>()
+        || e.is::<reclmis::model::config::ConfigError>()
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn device() -> Device {
+    Device::flex()
+}
+
+fn load_checkpoint(path: &Path) -> Result<ours::Loaded, Error> {
+    Ok(ours::load(path, &device())?)
+}
+
+fn create_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+fn run_predict(args: PredictArgs) -> Result<()> {
+    match (&args.image, &args.text, &args.images, &args.notes) {
+        (Some(image), Some(text), None, None) => predict_single(&args, image, text),
+        (None, None, Some(images), Some(notes)) => predict_many(&args, images, notes),
+        _ => Err(Error::Usage("give --image with --text, or --images with --notes".into()).into()),
+    }
+}
+
+fn predict_single(args: &PredictArgs, image: &Path, text: &str) -> Result<()> {
+    // Inputs first, so a bad image fails before the model is loaded.
+    let img = read_bgr(image).map_err(Error::from)?;
+    create_dir(&args.out)?;
+    let loaded = load_checkpoint(&args.checkpoint)?;
+    let s = loaded.cfg.image_size;
+    let img = img.resized(s, s);
+    let pred = predict::predict_image(&loaded.model, &loaded.cfg, &img, text);
+    predict::write_prediction(&args.out, &pred, &img)?;
+    warn_truncated(&loaded.cfg, std::slice::from_ref(&pred.truncated_words));
+    println!(
+        "wrote {} (mask.png, prob.npy, overlay.png, poi.png, woi.json)",
+        args.out.display()
+    );
+    print_summary(&pred);
+    Ok(())
+}
+
+fn print_summary(pred: &Prediction) {
+    let n = pred.mask.iter().filter(|&&m| m != 0).count();
+    println!(
+        "mask: {} pixels, {:.1}% of {}×{}",
+        thousands(n as u64),
+        100.0 * pred.mask_fraction(),
+        pred.size,
+        pred.size
+    );
+    let words: Vec<String> = pred
+        .top_words(5)
+        .iter()
+        .map(|w| format!("{} {:.3}", w.word, w.weight))
+        .collect();
+    println!("words the model relied on most (WOI): {}", words.join(", "));
+}
+
+fn warn_truncated(cfg: &ModelConfig, cut: &[Vec<String>]) {
+    let notes = cut.iter().filter(|c| !c.is_empty()).count();
+    if let Some(first) = cut.iter().find(|c| !c.is_empty()) {
+        if notes == 1 {
+            eprintln!(
+                "warning: the note is longer than the model's {} tokens; left out: {}",
+                cfg.context,
+                first.join(" ")
+            );
+        } else {
+            eprintln!(
+                "warning: {notes} notes are longer than the model's {} tokens and were cut (as \
+                 CLIP does); see truncated_words in their woi.json",
+                cfg.context
+            );
+        }
+    }
+}
+
+fn predict_many(args: &PredictArgs, images: &Path, notes: &Path) -> Result<()> {
+    let opts = FolderOptions {
+        allow_missing_notes: args.allow_missing_notes,
+    };
+    // Notes and names are checked before the model is loaded.
+    let plan = predict::plan_folder(images, notes, &args.out, &opts)?;
+    let missing = plan.iter().filter(|i| i.missing_note).count();
+    if missing > 0 {
+        eprintln!("warning: {missing} images have no note and are predicted with the empty note");
+    }
+    create_dir(&args.out)?;
+    let loaded = load_checkpoint(&args.checkpoint)?;
+    let bar = ProgressBar::new(plan.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} images, {elapsed} (eta {eta}) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let results = predict::predict_folder(
+        &loaded.model,
+        &loaded.cfg,
+        images,
+        notes,
+        &args.out,
+        &opts,
+        |_, item, _| {
+            bar.set_message(
+                item.image
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+            bar.inc(1);
+        },
+    )?;
+    bar.finish_and_clear();
+    let cut: Vec<Vec<String>> = results.iter().map(|r| r.truncated_words.clone()).collect();
+    warn_truncated(&loaded.cfg, &cut);
+    let empty = results.iter().filter(|r| r.mask_fraction == 0.0).count();
+    println!(
+        "predicted {} images into {} (one folder each); {} with an empty mask",
+        results.len(),
+        args.out.display(),
+        empty
+    );
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+fn run_import(args: ImportArgs) -> Result<()> {
+    let device = device();
+    let format = sniff(&args.src).map_err(|e| Error::Import(ImportError::Torch(e)))?;
+    let (model, cfg, state) = match format {
+        Format::TorchSave => {
+            let (model, cfg, state) =
+                import_authors_checkpoint(&args.src, &device).map_err(Error::from)?;
+            if let Some(p) = args.preset.filter(|&p| p != cfg.preset) {
+                return Err(Error::Usage(format!(
+                    "--preset {p} given, but {} is a {} checkpoint ({} reconstructor layers)",
+                    args.src.display(),
+                    cfg.preset,
+                    cfg.rec_layers
+                ))
+                .into());
+            }
+            (model, cfg, state)
+        }
+        Format::Safetensors if ours::read_header(&args.src).is_ok() => {
+            return Err(Error::Usage(format!(
+                "{} is already a reclmis checkpoint; use it directly",
+                args.src.display()
+            ))
+            .into());
+        }
+        Format::TorchScript | Format::Safetensors => {
+            let preset = args.preset.unwrap_or(Preset::Qata);
+            let (model, cfg) =
+                model_with_clip(&args.src, preset, args.seed, &device).map_err(Error::from)?;
+            let state = TrainState {
+                origin: format!(
+                    "import:{} (CLIP text tower; the rest initialised with seed {})",
+                    file_name(&args.src),
+                    args.seed
+                ),
+                ..TrainState::default()
+            };
+            (model, cfg, state)
+        }
+    };
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_dir(dir)?;
+    }
+    ours::save(
+        &args.out,
+        &model,
+        &cfg,
+        &state,
+        SaveOptions {
+            text_tower_file: None,
+        },
+    )
+    .map_err(Error::from)?;
+    let ins = reclmis::inspect::table(
+        &cfg,
+        &reclmis::model::weights::named_shapes(&model),
+        args.out.display().to_string(),
+    );
+    println!(
+        "wrote {}: preset {}, image {}×{}, text encoder {}, {} parameters ({} trainable)",
+        args.out.display(),
+        cfg.preset,
+        cfg.image_size,
+        cfg.image_size,
+        cfg.text_encoder.kind(),
+        thousands(ins.totals.all),
+        thousands(ins.totals.trainable)
+    );
+    Ok(())
+}
+
+fn run_inspect(args: InspectArgs) -> Result<()> {
+    let ins: Inspection = match (&args.preset, &args.checkpoint) {
+        (Some(p), None) => inspect_config(&ModelConfig::preset(*p)),
+        (None, Some(c)) => inspect_checkpoint(c)?,
+        _ => return Err(Error::Usage("give --preset or --checkpoint".into()).into()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&ins)?);
+    } else {
+        println!("{ins}");
+    }
+    Ok(())
+}

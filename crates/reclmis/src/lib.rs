@@ -10,3 +10,13 @@ pub mod model;
 pub mod checkpoint;
 pub mod data;
 pub mod tokenizer;
+
+pub mod error;
+pub mod inspect;
+pub mod predict;
+pub mod report;
+pub use error::Error;
+pub mod train;
+pub mod eval;
+pub mod bench;
+pub mod demo;

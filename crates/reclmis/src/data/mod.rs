@@ -4,7 +4,9 @@
 pub mod image;
 pub mod layout;
 pub mod metrics;
+pub mod dataset;
 pub mod notes;
+pub mod synth;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

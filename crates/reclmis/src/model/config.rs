@@ -54,6 +54,7 @@ impl Parity {
                 "the image reconstruction target V' is detached (§7 #4)",
                 "the text reconstruction MSE averages over real tokens only (§7 #5)",
                 "CCL normalisation has an epsilon (§7 #20); v2t ignores pad rows (§7 #21)",
+                "the Interactor has residual connections and masks text pads (§7 #13)",
             ],
         }
     }

@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 
 use super::init::Init;
-use super::nn::{Attention, AttnOptions, BatchNorm, Conv1d, Conv2d, dropout};
+use super::nn::{Attention, AttnOptions, BatchNorm, Conv1d, Conv2d, NEG_INF, dropout};
 
 #[derive(Module, Debug)]
 pub struct Embeddings {
@@ -48,7 +48,8 @@ impl Interactor {
 
     /// `img_feat4 [B, C, g, g]`, `text_feat [B, L, D]` -> (`V' = img_feat4_4rec [B, N, D]`,
     /// `T'' = text_feat4_4rec [B, L, D]`). `with_text_branch` computes `T''` (CTBN), which only
-    /// the POI/WOI heads need. `p`: dropout (0.1 in the authors' code).
+    /// the POI/WOI heads need. `p`: dropout (0.1 in the authors' code). `clean`: the text mask
+    /// `[B, L]` for the clean setting (residuals, pads masked); `None` is the paper's Interactor.
     pub fn forward(
         &self,
         img_feat4: Tensor<4>,
@@ -56,6 +57,7 @@ impl Interactor {
         p: f64,
         train: bool,
         with_text_branch: bool,
+        clean: Option<Tensor<2>>,
     ) -> (Tensor<3>, Option<Tensor<3>>) {
         let e = self.embeddings.patch_embeddings.forward(img_feat4); // [B, D, g, g]
         let e = e.flatten::<3>(2, 3).swap_dims(1, 2); // [B, N, D], token n = h·g + w
@@ -65,9 +67,31 @@ impl Interactor {
             dropout: p,
             ..Default::default()
         };
-        // paper-parity: §7 #13 — no residuals, no norms, no key-padding mask.
-        let t1 = self.attn_text.forward(text_feat, e.clone(), attn(), train); // [B, L, D]
-        let v1 = self.attn_img.forward(e, t1.clone(), attn(), train); // [B, N, D]
+        let (t1, v1) = if clean.is_none() {
+            // paper-parity: §7 #13 — no residuals, no norms, no key-padding mask.
+            let t1 = self.attn_text.forward(text_feat, e.clone(), attn(), train); // [B, L, D]
+            let v1 = self.attn_img.forward(e, t1.clone(), attn(), train); // [B, N, D]
+            (t1, v1)
+        } else {
+            // clean: residual connections keep each token's own identity, so the words reach
+            // the bottleneck at first order, and text pads are masked as keys.
+            let pad_mask = clean.map(|m| {
+                let [b, l] = m.dims();
+                m.neg()
+                    .add_scalar(1.0)
+                    .mul_scalar(NEG_INF as f64)
+                    .reshape([b, 1, 1, l])
+            });
+            let t1 =
+                text_feat.clone() + self.attn_text.forward(text_feat, e.clone(), attn(), train);
+            let opts = AttnOptions {
+                mask: pad_mask,
+                dropout: p,
+                ..Default::default()
+            };
+            let v1 = e.clone() + self.attn_img.forward(e, t1.clone(), opts, train);
+            (t1, v1)
+        };
         let t2 = with_text_branch.then(|| {
             let t = self.ctbn.conv.forward(t1.swap_dims(1, 2)); // [B, D, L]
             relu(self.ctbn.norm.forward(t, train)).swap_dims(1, 2) // [B, L, D]

@@ -180,9 +180,14 @@ impl RecLMIS {
         let f4 = self.down4.forward(f3.clone(), train); // [B, 8b, g, g]
 
         let with_text = !matches!(branches, Branches::Segment);
-        let (v1, t2) =
-            self.interact
-                .forward(f4.clone(), text_feat.clone(), cfg.dropout, train, with_text);
+        let (v1, t2) = self.interact.forward(
+            f4.clone(),
+            text_feat.clone(),
+            cfg.dropout,
+            train,
+            with_text,
+            (cfg.parity == Parity::Clean).then(|| text_mask.clone()),
+        );
         // V' [B, N, D]
 
         let g = cfg.grid();

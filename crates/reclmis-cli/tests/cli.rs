@@ -1,0 +1,457 @@
+//! The `reclmis` binary end to end: `import` of the authors' checkpoint, `predict` reproducing the
+//! probabilities their code computed, `inspect`'s numbers (reclmis.md §1.11), and bad input
+//! ending in exit code 2 with the file named (product.md "Bad input").
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use reclmis::data::image::{read_bgr, read_grey};
+
+fn shared() -> PathBuf {
+    std::env::var_os("RECLMIS_SHARED")
+        .map(Into::into)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+}
+
+fn parity_dir() -> PathBuf {
+    shared().join("reference/official-parity/qata")
+}
+
+/// A fresh folder under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "reclmis-cli-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn join(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn reclmis<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new(env!("CARGO_BIN_EXE_reclmis"))
+        .args(args)
+        .output()
+        .expect("the reclmis binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn succeeds(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Exit code 2, one `error:` line naming `name`, at most one `hint:` line after it.
+fn bad_input(out: &Output, name: &str) -> String {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("warning:")).collect();
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(name), "the error names {name}: {err}");
+    assert!(lines.len() == 1 || (lines.len() == 2 && lines[1].starts_with("hint: ")), "{err}");
+    err
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// `float32` values of a `.npy` file, after checking its header says `(rows, cols)`.
+fn read_npy(path: &Path, rows: usize, cols: usize) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+    assert!(header.contains("'descr': '<f4'"), "{header}");
+    assert!(header.contains("'fortran_order': False"), "{header}");
+    assert!(header.contains(&format!("'shape': ({rows}, {cols})")), "{header}");
+    let data = &bytes[10 + len..];
+    assert_eq!(data.len(), 4 * rows * cols);
+    data.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn io_floats(name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(parity_dir().join("io.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn io_ints(name: &str) -> Vec<i64> {
+    let bytes = std::fs::read(parity_dir().join("io.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Checks one prediction folder against image `index` of the parity fixture.
+fn check_prediction(dir: &Path, index: usize, note: &str) {
+    const S: usize = 224;
+    let probs = io_floats("probs");
+    let theirs = &probs[index * S * S..(index + 1) * S * S];
+    let prob = read_npy(&dir.join("prob.npy"), S, S);
+    let err = max_abs_diff(&prob, theirs);
+    assert!(err < 1e-4, "image {index}: prob.npy differs by {err:.3e}");
+
+    let mask = read_grey(&dir.join("mask.png")).unwrap();
+    assert_eq!((mask.width, mask.height), (S, S));
+    assert!(mask.data.iter().all(|&v| v == 0 || v == 255));
+    let ours: Vec<bool> = prob.iter().map(|&p| p > 0.5).collect();
+    assert_eq!(
+        mask.data.iter().map(|&v| v == 255).collect::<Vec<_>>(),
+        ours,
+        "mask.png is prob > 0.5"
+    );
+    let disagree = theirs
+        .iter()
+        .zip(&ours)
+        .filter(|(p, o)| (**p > 0.5) != **o && (**p - 0.5).abs() > 1e-4)
+        .count();
+    assert_eq!(disagree, 0, "mask agrees with the authors' probs > 0.5");
+
+    for name in ["overlay.png", "poi.png"] {
+        let img = read_bgr(&dir.join(name)).unwrap();
+        assert_eq!((img.width, img.height), (S, S), "{name}");
+    }
+
+    // WOI: the words hold every token weight but SOT's and EOT's.
+    let woi_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("woi.json")).unwrap()).unwrap();
+    assert_eq!(woi_json["threshold"], 0.5);
+    let words = woi_json["words"].as_array().unwrap();
+    let sum: f64 = words.iter().map(|w| w["weight"].as_f64().unwrap()).sum();
+    let woi = io_floats("woi");
+    let ids = io_ints("text_token");
+    let row = &ids[index * 18..(index + 1) * 18];
+    let eot = row.iter().position(|&i| i == 49407).unwrap();
+    let expected: f32 = woi[index * 18 + 1..index * 18 + eot].iter().sum();
+    assert!(
+        (sum - f64::from(expected)).abs() < 1e-4,
+        "image {index}: word weights sum to {sum}, the authors' tokens to {expected}"
+    );
+    let first_word = note.split_whitespace().next().unwrap().to_lowercase();
+    assert_eq!(words[0]["word"], first_word.as_str());
+    assert_eq!(woi_json["note"], note);
+    // The first word's weight is the sum over its BPE tokens ("unilateral" is two).
+    let n = reclmis::tokenizer::Tokenizer::clip()
+        .encode(&first_word)
+        .len();
+    let first: f32 = woi[index * 18 + 1..index * 18 + 1 + n].iter().sum();
+    let got = words[0]["weight"].as_f64().unwrap();
+    assert!((got - f64::from(first)).abs() < 1e-5, "{got} vs {first}");
+}
+
+#[test]
+fn import_then_predict_matches_the_authors_code() {
+    let tmp = TempDir::new("parity");
+    let dir = parity_dir();
+    let authors = dir.join("best_model-RecLMIS.pth.tar");
+    let ckpt = tmp.join("qata.safetensors");
+
+    let out = succeeds(&reclmis([
+        "import",
+        path_str(&authors),
+        "--out",
+        path_str(&ckpt),
+    ]));
+    assert!(out.contains("preset qata"), "{out}");
+    assert!(out.contains("132,868,352 parameters"), "{out}");
+
+    let json = succeeds(&reclmis([
+        "inspect",
+        "--checkpoint",
+        path_str(&ckpt),
+        "--json",
+    ]));
+    let ins: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(ins["totals"]["inference_path"], 81_871_101);
+    assert_eq!(ins["config"]["preset"], "qata");
+    assert!(
+        ins["state"]["origin"]
+            .as_str()
+            .unwrap()
+            .starts_with("import:")
+    );
+
+    // One image and its note, as the manifest gives them.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let first = &manifest["inputs"][0];
+    let image = dir.join("inputs/img").join(first["image"].as_str().unwrap());
+    let note = first["note"].as_str().unwrap();
+    let pred = tmp.join("one");
+    let stdout = succeeds(&reclmis([
+        "--threads",
+        "2",
+        "predict",
+        "--checkpoint",
+        path_str(&ckpt),
+        "--image",
+        path_str(&image),
+        "--text",
+        note,
+        "--out",
+        path_str(&pred),
+    ]));
+    assert!(stdout.contains("mask:"), "{stdout}");
+    check_prediction(&pred, 0, note);
+
+    // The whole input folder with its notes file (keyed by mask name, as QaTa does).
+    let folder = tmp.join("folder");
+    succeeds(&reclmis([
+        "predict",
+        "--checkpoint",
+        path_str(&ckpt),
+        "--images",
+        path_str(&dir.join("inputs/img")),
+        "--notes",
+        path_str(&dir.join("inputs/notes.xlsx")),
+        "--out",
+        path_str(&folder),
+    ]));
+    for (i, input) in manifest["inputs"].as_array().unwrap().iter().enumerate() {
+        let name = input["image"].as_str().unwrap();
+        let stem = name.trim_end_matches(".png");
+        check_prediction(&folder.join(stem), i, input["note"].as_str().unwrap());
+    }
+
+    // Bad input that needs a valid checkpoint beside it.
+    let missing = tmp.join("no-such-image.png");
+    let out = reclmis([
+        "predict",
+        "--checkpoint",
+        path_str(&ckpt),
+        "--image",
+        path_str(&missing),
+        "--text",
+        note,
+        "--out",
+        path_str(&tmp.join("x")),
+    ]);
+    bad_input(&out, "no-such-image.png");
+
+    let empty = tmp.join("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    let out = reclmis([
+        "predict",
+        "--checkpoint",
+        path_str(&ckpt),
+        "--image",
+        path_str(&empty),
+        "--text",
+        note,
+        "--out",
+        path_str(&tmp.join("x")),
+    ]);
+    bad_input(&out, "empty.png");
+
+    // A checkpoint cut short: its header promises more bytes than there are.
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let truncated = tmp.join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let out_dir = tmp.join("after-truncated");
+    let out = reclmis([
+        "predict",
+        "--checkpoint",
+        path_str(&truncated),
+        "--image",
+        path_str(&image),
+        "--text",
+        note,
+        "--out",
+        path_str(&out_dir),
+    ]);
+    bad_input(&out, "truncated.safetensors");
+    assert!(
+        !out_dir.join("mask.png").exists(),
+        "nothing is written after a failed load"
+    );
+}
+
+#[test]
+fn bad_checkpoints_and_sources_exit_2_naming_the_file() {
+    let tmp = TempDir::new("bad");
+    let dir = parity_dir();
+    let image = std::fs::read_dir(dir.join("inputs/img"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let predict_with = |ckpt: &Path| {
+        reclmis([
+            "predict",
+            "--checkpoint",
+            path_str(ckpt),
+            "--image",
+            path_str(&image),
+            "--text",
+            "Unilateral pulmonary infection, one infected area, upper left lung.",
+            "--out",
+            path_str(&tmp.join("out")),
+        ])
+    };
+
+    // A safetensors file that is not ours (HF CLIP weights).
+    let hf = shared().join("reference/clip-formats/hf/model.safetensors");
+    let err = bad_input(&predict_with(&hf), "model.safetensors");
+    assert!(err.contains("reclmis import"), "{err}");
+
+    // Missing checkpoint.
+    bad_input(
+        &predict_with(&tmp.join("absent.safetensors")),
+        "absent.safetensors",
+    );
+
+    // Not a checkpoint at all.
+    let junk = tmp.join("junk.safetensors");
+    std::fs::write(&junk, b"this is not a checkpoint").unwrap();
+    bad_input(&predict_with(&junk), "junk.safetensors");
+
+    // The authors' checkpoint cut in half: the zip directory at its end is gone.
+    let authors = std::fs::read(dir.join("best_model-RecLMIS.pth.tar")).unwrap();
+    let cut = tmp.join("cut.pth.tar");
+    std::fs::write(&cut, &authors[..authors.len() / 2]).unwrap();
+    let out = reclmis([
+        "import",
+        path_str(&cut),
+        "--out",
+        path_str(&tmp.join("cut.safetensors")),
+    ]);
+    bad_input(&out, "cut.pth.tar");
+    assert!(!tmp.join("cut.safetensors").exists());
+
+    // CLIP weights whose width (64) cannot drive the paper preset (512).
+    let tiny = shared().join("reference/clip-formats/ViT-tiny.pt");
+    let out = reclmis([
+        "import",
+        path_str(&tiny),
+        "--out",
+        path_str(&tmp.join("tiny.safetensors")),
+        "--preset",
+        "qata",
+    ]);
+    bad_input(&out, "ViT-tiny.pt");
+
+    // Images without a note: named, with the notes file.
+    let images = tmp.join("img");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::copy(&image, images.join(image.file_name().unwrap())).unwrap();
+    std::fs::copy(&image, images.join("Unlisted.png")).unwrap();
+    let out = reclmis([
+        "predict",
+        "--checkpoint",
+        path_str(&tmp.join("absent.safetensors")),
+        "--images",
+        path_str(&images),
+        "--notes",
+        path_str(&dir.join("inputs/notes.xlsx")),
+        "--out",
+        path_str(&tmp.join("out")),
+    ]);
+    let err = bad_input(&out, "Unlisted.png");
+    assert!(err.contains("notes.xlsx") && err.contains("1 images without a note"), "{err}");
+}
+
+#[test]
+fn inspect_reports_the_parameter_table() {
+    for (preset, trainable) in [("qata", 69_440_255), ("mosmed", 56_822_527)] {
+        let json = succeeds(&reclmis(["inspect", "--preset", preset, "--json"]));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let block = |name: &str| {
+            v["blocks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["name"] == name)
+                .unwrap_or_else(|| panic!("no block {name}"))
+                .clone()
+        };
+        assert_eq!(block("encoder")["parameters"], 9_373_824);
+        assert_eq!(block("decoder")["parameters"], 5_030_013);
+        assert_eq!(block("interactor")["parameters"], 3_252_224);
+        assert_eq!(block("clip_text")["parameters"], 63_428_096);
+        assert_eq!(block("clip_text")["trainable"], false);
+        assert_eq!(block("poi_head")["inference_path"], false);
+        let rec = if preset == "qata" { 25_235_456 } else { 18_926_592 };
+        assert_eq!(block("reconstructor_img")["parameters"], rec);
+        assert_eq!(v["totals"]["inference_path"], 81_871_101);
+        assert_eq!(v["totals"]["explain_heads"], 526_338);
+        assert_eq!(v["totals"]["inference_path_without_text_tower"], 18_443_005);
+        assert_eq!(v["totals"]["trainable"], trainable);
+        assert_eq!(v["not_built"][0]["parameters"], 87_849_216);
+        assert_eq!(v["text_encoder"].as_str().unwrap().split(' ').next(), Some("clip"));
+    }
+    let table = succeeds(&reclmis(["inspect", "--preset", "qata"]));
+    assert!(table.contains("81,871,101"), "{table}");
+    assert!(table.contains("not built: clip_visual"), "{table}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    // --image without --text, neither input, an unknown preset, zero threads.
+    for args in [
+        &["predict", "--checkpoint", "c", "--image", "i.png", "--out", "o"][..],
+        &["predict", "--checkpoint", "c", "--out", "o"],
+        &["inspect", "--preset", "lidc"],
+        &["inspect"],
+        &["--threads", "0", "inspect", "--preset", "qata"],
+    ] {
+        let out = reclmis(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+    }
+    // A JSON caller still gets JSON on stdout when the command fails.
+    let out = reclmis(["inspect", "--checkpoint", "/nonexistent/c.safetensors", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("c.safetensors"));
+    assert_eq!(v["exit_code"], 2);
+}

@@ -1,0 +1,633 @@
+//! Training (reclmis.md §2): Adam, the presets' LR schedules, validation every epoch on the hard
+//! Dice, best and last checkpoints written atomically, early stopping, `--resume`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::ours::{self, CheckpointError, SaveOptions, TrainState, write_atomic};
+use crate::data::dataset::{Augment, Dataset, Sample, augment};
+use crate::data::metrics;
+use crate::model::init::SplitMix64;
+use crate::model::{Branches, ModelConfig, Preset, RecLMIS, TokenBatch, to_vec};
+use crate::tokenizer::{Tokenizer, pad_note};
+
+/// Learning rate as a function of the 0-based epoch, stepped once per epoch after validation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// QaTa: `eta_min + (lr − eta_min)·(1 + cos(π·(e mod t0)/t0))/2`.
+    CosineRestarts {
+        t0: usize,
+        eta_min: f64,
+    },
+    /// MosMed: `lr·max(gamma^e, floor)`.
+    Exp {
+        gamma: f64,
+        floor: f64,
+    },
+    Constant,
+}
+
+impl LrSchedule {
+    pub fn lr(&self, base: f64, epoch: usize) -> f64 {
+        match *self {
+            Self::CosineRestarts { t0, eta_min } => {
+                let t = (epoch % t0.max(1)) as f64 / t0.max(1) as f64;
+                eta_min + (base - eta_min) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
+            }
+            Self::Exp { gamma, floor } => base * gamma.powi(epoch as i32).max(floor),
+            Self::Constant => base,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub schedule: LrSchedule,
+    /// Stop after this many epochs without a better validation Dice (§2 step 6).
+    pub patience: usize,
+    pub seed: u64,
+    pub augment: Augment,
+    /// Use at most this many training / validation images (quick runs).
+    pub max_train: Option<usize>,
+    pub max_val: Option<usize>,
+    /// Stop at the end of the epoch during which this many seconds have passed.
+    pub time_budget_s: Option<f64>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self::preset(Preset::Qata)
+    }
+}
+
+impl TrainConfig {
+    /// The authors' recipe for a preset (§2).
+    pub fn preset(p: Preset) -> Self {
+        let (batch_size, epochs, patience, schedule) = match p {
+            Preset::Qata => (
+                32,
+                2000,
+                100,
+                LrSchedule::CosineRestarts {
+                    t0: 10,
+                    eta_min: 1e-4,
+                },
+            ),
+            Preset::Mosmed => (
+                20,
+                400,
+                30,
+                LrSchedule::Exp {
+                    gamma: 0.99,
+                    floor: 0.1,
+                },
+            ),
+        };
+        Self {
+            model: ModelConfig::preset(p),
+            epochs,
+            batch_size,
+            lr: 3e-4,
+            schedule,
+            patience,
+            seed: 3407,
+            augment: Augment::TextFaithful,
+            max_train: None,
+            max_val: None,
+            time_budget_s: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), crate::model::config::ConfigError> {
+        use crate::model::config::ConfigError;
+        self.model.validate()?;
+        if self.batch_size == 0 {
+            return Err(ConfigError("batch_size must be at least 1".into()));
+        }
+        if self.epochs == 0 {
+            return Err(ConfigError("epochs must be at least 1".into()));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(ConfigError(format!("lr {} must be positive", self.lr)));
+        }
+        Ok(())
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based.
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_criterion: f64,
+    pub train_ccl: f64,
+    pub train_text_rec: f64,
+    pub train_img_rec: f64,
+    pub train_dice: f64,
+    pub val_loss: f64,
+    pub val_dice: f64,
+    pub seconds: f64,
+    pub best: bool,
+}
+
+/// What the trainer tells its caller while it runs.
+pub enum Event<'a> {
+    EpochStart {
+        epoch: usize,
+        epochs: usize,
+        steps: usize,
+    },
+    Step {
+        step: usize,
+        loss: f64,
+        dice: f64,
+    },
+    Validating {
+        epoch: usize,
+    },
+    EpochEnd(&'a EpochMetrics),
+    Resumed {
+        epoch: usize,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Config(#[from] crate::model::config::ConfigError),
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the loss became {value} at epoch {epoch}, step {step}; training stopped, the last good \
+         checkpoint is {last_good}"
+    )]
+    NonFinite {
+        value: f64,
+        epoch: usize,
+        step: usize,
+        last_good: String,
+    },
+    #[error("cannot resume: {0}")]
+    Resume(String),
+    #[error("the training set is empty")]
+    Empty,
+}
+
+/// Files of a run folder.
+pub struct RunPaths {
+    pub dir: PathBuf,
+}
+
+impl RunPaths {
+    pub fn best(&self) -> PathBuf {
+        self.dir.join("best.safetensors")
+    }
+    pub fn last(&self) -> PathBuf {
+        self.dir.join("last.safetensors")
+    }
+    pub fn optimizer(&self) -> PathBuf {
+        self.dir.join("optimizer.bin")
+    }
+    pub fn text_tower(&self) -> PathBuf {
+        self.dir.join(TEXT_TOWER_FILE)
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+}
+
+const TEXT_TOWER_FILE: &str = "text_tower.safetensors";
+
+/// A batch ready for the model.
+pub struct BatchTensors {
+    pub images: Tensor<4>,
+    pub masks: Tensor<3>,
+    pub tokens: TokenBatch,
+    pub notes: Vec<String>,
+    pub mask_values: Vec<u8>,
+}
+
+/// Builds model inputs from samples: BGR/255 images, 0/1 masks, notes padded and tokenised as
+/// the authors do (§4.3).
+pub fn make_batch(
+    samples: &[Sample],
+    size: usize,
+    context: usize,
+    device: &Device,
+) -> BatchTensors {
+    let b = samples.len();
+    let tok = Tokenizer::clip();
+    let images: Vec<f32> = samples
+        .iter()
+        .flat_map(|s| s.image.iter().map(|&v| v as f32 / 255.0))
+        .collect();
+    let mask_values: Vec<u8> = samples
+        .iter()
+        .flat_map(|s| s.mask.iter().copied())
+        .collect();
+    let rows: Vec<Vec<i64>> = samples
+        .iter()
+        .map(|s| tok.tokenize(&pad_note(&s.note), context).ids)
+        .collect();
+    BatchTensors {
+        images: Tensor::from_data(TensorData::new(images, [b, 3, size, size]), device),
+        masks: Tensor::from_data(
+            TensorData::new(
+                mask_values.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                [b, size, size],
+            ),
+            device,
+        ),
+        tokens: TokenBatch::new(&rows),
+        notes: samples.iter().map(|s| s.note.clone()).collect(),
+        mask_values,
+    }
+}
+
+/// Text features of a frozen tower, computed once per distinct note.
+#[derive(Default)]
+pub struct TextCache {
+    rows: HashMap<Vec<i64>, Vec<f32>>,
+}
+
+impl TextCache {
+    /// `text_feat_clip` for a batch: from the cache when the tower is frozen, else a fresh
+    /// (differentiable) forward.
+    pub fn encode(
+        &mut self,
+        model: &RecLMIS,
+        cfg: &ModelConfig,
+        tokens: &TokenBatch,
+        train: bool,
+    ) -> Tensor<3> {
+        if !cfg.text_encoder.is_frozen() {
+            return model.encode_text(cfg, tokens, train);
+        }
+        let device = model.device();
+        let (l, d) = (tokens.len, cfg.d_model());
+        let missing: Vec<Vec<i64>> = tokens
+            .ids
+            .chunks(l)
+            .filter(|r| !self.rows.contains_key(*r))
+            .map(<[i64]>::to_vec)
+            .collect();
+        if !missing.is_empty() {
+            let fresh = model.encode_text(cfg, &TokenBatch::new(&missing), false);
+            let v = to_vec(&fresh);
+            for (r, row) in missing.into_iter().zip(v.chunks(l * d)) {
+                self.rows.insert(r, row.to_vec());
+            }
+        }
+        let mut out = Vec::with_capacity(tokens.batch * l * d);
+        for r in tokens.ids.chunks(l) {
+            out.extend_from_slice(&self.rows[r]);
+        }
+        Tensor::from_data(TensorData::new(out, [tokens.batch, l, d]), &device)
+    }
+}
+
+fn mix(a: u64, b: u64, c: u64) -> u64 {
+    SplitMix64::new(a ^ b.rotate_left(21) ^ c.rotate_left(42)).next_u64()
+}
+
+/// Validation pass: mean criterion loss and the authors' hard validation Dice (§2 step 4).
+pub fn validate(
+    model: &RecLMIS,
+    cfg: &ModelConfig,
+    data: &Dataset,
+    batch_size: usize,
+    cache: &mut TextCache,
+) -> (f64, f64) {
+    let eval = model.valid();
+    let device = eval.device();
+    let (mut loss, mut dice, mut n) = (0.0, 0.0, 0usize);
+    for chunk in data.samples.chunks(batch_size.max(1)) {
+        let b = make_batch(chunk, data.size, cfg.context, &device);
+        let tfc = cache.encode(&eval, cfg, &b.tokens, false);
+        let out = eval.forward(cfg, b.images, tfc, &b.tokens, Branches::Segment, false);
+        let l = crate::model::losses::criterion(out.probs.clone(), b.masks);
+        let probs = to_vec(&out.probs);
+        let px = data.size * data.size;
+        for (i, p) in probs.chunks(px).enumerate() {
+            dice += metrics::val_dice(p, &b.mask_values[i * px..(i + 1) * px]) as f64;
+        }
+        loss += to_vec(&l)[0] as f64 * chunk.len() as f64;
+        n += chunk.len();
+    }
+    (loss / n.max(1) as f64, dice / n.max(1) as f64)
+}
+
+/// A training run over in-memory data.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub model: RecLMIS,
+    pub optim: ModuleOptimizer,
+    pub state: TrainState,
+    pub history: Vec<EpochMetrics>,
+    pub paths: Option<RunPaths>,
+    device: Device,
+    cache: TextCache,
+}
+
+impl Trainer {
+    /// A fresh run, or (`resume`) the continuation of the one in `out`.
+    pub fn new(
+        cfg: TrainConfig,
+        init: Option<RecLMIS>,
+        out: Option<&Path>,
+        resume: bool,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        cfg.validate()?;
+        let paths = out.map(|d| RunPaths {
+            dir: d.to_path_buf(),
+        });
+        let optim = AdamConfig::new().with_epsilon(1e-8).init();
+        if resume {
+            let p = paths
+                .as_ref()
+                .ok_or_else(|| TrainError::Resume("no run folder given".into()))?;
+            return Self::resume(cfg, p, optim, device);
+        }
+        let mut model = init.unwrap_or_else(|| RecLMIS::new(&cfg.model, cfg.seed, device));
+        if cfg.model.text_encoder.is_frozen() {
+            model.clip = model.clip.set_require_grad(false);
+        }
+        if let Some(p) = &paths {
+            std::fs::create_dir_all(&p.dir).map_err(|source| TrainError::Io {
+                path: p.dir.clone(),
+                source,
+            })?;
+            let toml = toml::to_string(&cfg).expect("a train config serialises to TOML");
+            write_atomic(&p.config(), toml.as_bytes()).map_err(|source| TrainError::Io {
+                path: p.config(),
+                source,
+            })?;
+            if cfg.model.text_encoder.is_frozen() {
+                ours::save_text_tower(&p.text_tower(), &model)?;
+            }
+            // A fresh run starts a fresh metrics file.
+            let _ = std::fs::remove_file(p.metrics());
+        }
+        Ok(Self {
+            cfg,
+            model,
+            optim,
+            state: TrainState {
+                origin: "train".into(),
+                ..Default::default()
+            },
+            history: Vec::new(),
+            paths,
+            device: device.clone(),
+            cache: TextCache::default(),
+        })
+    }
+
+    fn resume(
+        cfg: TrainConfig,
+        p: &RunPaths,
+        optim: ModuleOptimizer,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let loaded = ours::load(&p.last(), device)?;
+        if loaded.cfg != cfg.model {
+            return Err(TrainError::Resume(format!(
+                "the model config of {} differs from this run's",
+                p.last().display()
+            )));
+        }
+        let bytes = std::fs::read(p.optimizer())
+            .map_err(|e| TrainError::Resume(format!("{}: {e}", p.optimizer().display())))?;
+        let optim = optim
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+            .map_err(|e| TrainError::Resume(format!("{}: {e:?}", p.optimizer().display())))?;
+        let history: Vec<EpochMetrics> = std::fs::read_to_string(p.metrics())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .take(loaded.state.epoch)
+            .collect();
+        Ok(Self {
+            cfg,
+            model: loaded.model,
+            optim,
+            state: loaded.state,
+            history,
+            paths: Some(RunPaths { dir: p.dir.clone() }),
+            device: device.clone(),
+            cache: TextCache::default(),
+        })
+    }
+
+    /// Trains until `epochs`, early stopping or the time budget; returns the history.
+    pub fn run(
+        &mut self,
+        train: &Dataset,
+        val: &Dataset,
+        on: &mut dyn FnMut(Event),
+    ) -> Result<&[EpochMetrics], TrainError> {
+        if train.is_empty() {
+            return Err(TrainError::Empty);
+        }
+        if self.state.epoch > 0 {
+            on(Event::Resumed {
+                epoch: self.state.epoch,
+            });
+        }
+        let started = Instant::now();
+        while self.state.epoch < self.cfg.epochs {
+            let m = self.epoch(train, val, on)?;
+            let stop_patience = self
+                .state
+                .best_epoch
+                .is_some_and(|b| self.state.epoch - b > self.cfg.patience);
+            on(Event::EpochEnd(&m));
+            if stop_patience {
+                break;
+            }
+            if let Some(budget) = self.cfg.time_budget_s
+                && started.elapsed().as_secs_f64() >= budget
+            {
+                break;
+            }
+        }
+        Ok(&self.history)
+    }
+
+    /// One epoch: training pass, validation, checkpoints, metrics line.
+    pub fn epoch(
+        &mut self,
+        train: &Dataset,
+        val: &Dataset,
+        on: &mut dyn FnMut(Event),
+    ) -> Result<EpochMetrics, TrainError> {
+        let t0 = Instant::now();
+        let e = self.state.epoch;
+        let cfg = self.cfg.clone();
+        let lr = cfg.schedule.lr(cfg.lr, e);
+        let size = train.size;
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        let mut rng = SplitMix64::new(mix(cfg.seed, e as u64, 1));
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        let steps = order.len().div_ceil(cfg.batch_size);
+        on(Event::EpochStart {
+            epoch: e + 1,
+            epochs: cfg.epochs,
+            steps,
+        });
+        let mut sums = [0.0f64; 6];
+        let mut seen = 0usize;
+        for (s, idx) in order.chunks(cfg.batch_size).enumerate() {
+            let step_seed = mix(cfg.seed, e as u64, s as u64 + 2);
+            let samples: Vec<Sample> = idx
+                .iter()
+                .map(|&i| {
+                    let mut r = SplitMix64::new(mix(step_seed, i as u64, 3));
+                    augment(&train.samples[i], size, cfg.augment, &mut r)
+                })
+                .collect();
+            self.device.seed(step_seed);
+            let b = make_batch(&samples, size, cfg.model.context, &self.device);
+            let tfc = self.cache.encode(&self.model, &cfg.model, &b.tokens, true);
+            let out = self.model.forward(
+                &cfg.model,
+                b.images,
+                tfc,
+                &b.tokens,
+                Branches::Aux { seed: step_seed },
+                true,
+            );
+            let losses = self.model.losses(&cfg.model, &out, b.masks);
+            let total = to_vec(&losses.total)[0] as f64;
+            if !total.is_finite() {
+                return Err(TrainError::NonFinite {
+                    value: total,
+                    epoch: e + 1,
+                    step: s + 1,
+                    last_good: self
+                        .paths
+                        .as_ref()
+                        .map_or("(none: no run folder)".into(), |p| {
+                            p.last().display().to_string()
+                        }),
+                });
+            }
+            let probs = to_vec(&out.probs);
+            let px = size * size;
+            let dice: f64 = probs
+                .chunks(px)
+                .enumerate()
+                .map(|(i, p)| metrics::val_dice(p, &b.mask_values[i * px..(i + 1) * px]) as f64)
+                .sum();
+            let part = |t: &Option<Tensor<1>>| t.as_ref().map_or(0.0, |t| to_vec(t)[0] as f64);
+            let n = idx.len() as f64;
+            sums[0] += total * n;
+            sums[1] += to_vec(&losses.criterion)[0] as f64 * n;
+            sums[2] += part(&losses.ccl) * n;
+            sums[3] += part(&losses.text_rec) * n;
+            sums[4] += part(&losses.img_rec) * n;
+            sums[5] += dice;
+            seen += idx.len();
+            let grads = GradientsParams::from_grads(losses.total.backward(), &self.model);
+            self.model = self.optim.step(lr, self.model.clone(), grads);
+            self.state.step += 1;
+            on(Event::Step {
+                step: s + 1,
+                loss: total,
+                dice: dice / n,
+            });
+        }
+        on(Event::Validating { epoch: e + 1 });
+        let (val_loss, val_dice) = if val.is_empty() {
+            (f64::NAN, sums[5] / seen as f64)
+        } else {
+            validate(
+                &self.model,
+                &cfg.model,
+                val,
+                cfg.batch_size,
+                &mut self.cache,
+            )
+        };
+        self.state.epoch = e + 1;
+        // paper-parity: §2 step 5 — strictly better than the best so far (which starts at 0).
+        let best = val_dice > self.state.best_val_dice.unwrap_or(0.0);
+        if best {
+            self.state.best_val_dice = Some(val_dice);
+            self.state.best_epoch = Some(e + 1);
+        }
+        let k = seen as f64;
+        let m = EpochMetrics {
+            epoch: e + 1,
+            lr,
+            train_loss: sums[0] / k,
+            train_criterion: sums[1] / k,
+            train_ccl: sums[2] / k,
+            train_text_rec: sums[3] / k,
+            train_img_rec: sums[4] / k,
+            train_dice: sums[5] / k,
+            val_loss,
+            val_dice,
+            seconds: t0.elapsed().as_secs_f64(),
+            best,
+        };
+        self.history.push(m.clone());
+        self.save(best)?;
+        Ok(m)
+    }
+
+    fn save(&self, best: bool) -> Result<(), TrainError> {
+        let Some(p) = &self.paths else { return Ok(()) };
+        let opts = || SaveOptions {
+            text_tower_file: Some(TEXT_TOWER_FILE),
+        };
+        if best {
+            ours::save(&p.best(), &self.model, &self.cfg.model, &self.state, opts())?;
+        }
+        // Optimizer state first: `last` is what `--resume` trusts, so it is written last.
+        let bytes = self
+            .optim
+            .into_bytes()
+            .map_err(|e| TrainError::Resume(format!("optimizer state: {e:?}")))?;
+        write_atomic(&p.optimizer(), &bytes).map_err(|source| TrainError::Io {
+            path: p.optimizer(),
+            source,
+        })?;
+        let mut lines = String::new();
+        for m in &self.history {
+            lines.push_str(&serde_json::to_string(m).expect("metrics serialise"));
+            lines.push('\n');
+        }
+        write_atomic(&p.metrics(), lines.as_bytes()).map_err(|source| TrainError::Io {
+            path: p.metrics(),
+            source,
+        })?;
+        ours::save(&p.last(), &self.model, &self.cfg.model, &self.state, opts())?;
+        Ok(())
+    }
+}
