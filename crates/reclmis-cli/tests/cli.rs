@@ -26,10 +26,8 @@ impl TempDir {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "reclmis-cli-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("reclmis-cli-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }
@@ -78,7 +76,10 @@ fn bad_input(out: &Output, name: &str) -> String {
     let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("warning:")).collect();
     assert!(lines[0].starts_with("error: "), "{err}");
     assert!(lines[0].contains(name), "the error names {name}: {err}");
-    assert!(lines.len() == 1 || (lines.len() == 2 && lines[1].starts_with("hint: ")), "{err}");
+    assert!(
+        lines.len() == 1 || (lines.len() == 2 && lines[1].starts_with("hint: ")),
+        "{err}"
+    );
     err
 }
 
@@ -94,7 +95,10 @@ fn read_npy(path: &Path, rows: usize, cols: usize) -> Vec<f32> {
     let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
     assert!(header.contains("'descr': '<f4'"), "{header}");
     assert!(header.contains("'fortran_order': False"), "{header}");
-    assert!(header.contains(&format!("'shape': ({rows}, {cols})")), "{header}");
+    assert!(
+        header.contains(&format!("'shape': ({rows}, {cols})")),
+        "{header}"
+    );
     let data = &bytes[10 + len..];
     assert_eq!(data.len(), 4 * rows * cols);
     data.chunks_exact(4)
@@ -225,7 +229,9 @@ fn import_then_predict_matches_the_authors_code() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     let first = &manifest["inputs"][0];
-    let image = dir.join("inputs/img").join(first["image"].as_str().unwrap());
+    let image = dir
+        .join("inputs/img")
+        .join(first["image"].as_str().unwrap());
     let note = first["note"].as_str().unwrap();
     let pred = tmp.join("one");
     let stdout = succeeds(&reclmis([
@@ -398,7 +404,26 @@ fn bad_checkpoints_and_sources_exit_2_naming_the_file() {
         path_str(&tmp.join("out")),
     ]);
     let err = bad_input(&out, "Unlisted.png");
-    assert!(err.contains("notes.xlsx") && err.contains("1 images without a note"), "{err}");
+    assert!(
+        err.contains("notes.xlsx") && err.contains("1 images without a note"),
+        "{err}"
+    );
+    // With --allow-missing-notes the folder passes (with a warning) and the run goes on to the
+    // checkpoint, which is absent here.
+    let out = reclmis([
+        "predict",
+        "--checkpoint",
+        path_str(&tmp.join("absent.safetensors")),
+        "--images",
+        path_str(&images),
+        "--notes",
+        path_str(&dir.join("inputs/notes.xlsx")),
+        "--allow-missing-notes",
+        "--out",
+        path_str(&tmp.join("out")),
+    ]);
+    let err = bad_input(&out, "absent.safetensors");
+    assert!(err.contains("warning: 1 images have no note"), "{err}");
 }
 
 #[test]
@@ -421,14 +446,21 @@ fn inspect_reports_the_parameter_table() {
         assert_eq!(block("clip_text")["parameters"], 63_428_096);
         assert_eq!(block("clip_text")["trainable"], false);
         assert_eq!(block("poi_head")["inference_path"], false);
-        let rec = if preset == "qata" { 25_235_456 } else { 18_926_592 };
+        let rec = if preset == "qata" {
+            25_235_456
+        } else {
+            18_926_592
+        };
         assert_eq!(block("reconstructor_img")["parameters"], rec);
         assert_eq!(v["totals"]["inference_path"], 81_871_101);
         assert_eq!(v["totals"]["explain_heads"], 526_338);
         assert_eq!(v["totals"]["inference_path_without_text_tower"], 18_443_005);
         assert_eq!(v["totals"]["trainable"], trainable);
         assert_eq!(v["not_built"][0]["parameters"], 87_849_216);
-        assert_eq!(v["text_encoder"].as_str().unwrap().split(' ').next(), Some("clip"));
+        assert_eq!(
+            v["text_encoder"].as_str().unwrap().split(' ').next(),
+            Some("clip")
+        );
     }
     let table = succeeds(&reclmis(["inspect", "--preset", "qata"]));
     assert!(table.contains("81,871,101"), "{table}");
@@ -439,17 +471,35 @@ fn inspect_reports_the_parameter_table() {
 fn usage_errors_exit_2() {
     // --image without --text, neither input, an unknown preset, zero threads.
     for args in [
-        &["predict", "--checkpoint", "c", "--image", "i.png", "--out", "o"][..],
+        &[
+            "predict",
+            "--checkpoint",
+            "c",
+            "--image",
+            "i.png",
+            "--out",
+            "o",
+        ][..],
         &["predict", "--checkpoint", "c", "--out", "o"],
         &["inspect", "--preset", "lidc"],
         &["inspect"],
         &["--threads", "0", "inspect", "--preset", "qata"],
     ] {
         let out = reclmis(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
     }
     // A JSON caller still gets JSON on stdout when the command fails.
-    let out = reclmis(["inspect", "--checkpoint", "/nonexistent/c.safetensors", "--json"]);
+    let out = reclmis([
+        "inspect",
+        "--checkpoint",
+        "/nonexistent/c.safetensors",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["error"].as_str().unwrap().contains("c.safetensors"));

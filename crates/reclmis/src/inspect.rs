@@ -226,7 +226,8 @@ pub fn table(cfg: &ModelConfig, shapes: &[(String, Vec<usize>)], source: String)
         blocks.push(other);
     }
 
-    let sum = |f: &dyn Fn(&Block) -> bool| blocks.iter().filter(|b| f(b)).map(|b| b.parameters).sum();
+    let sum =
+        |f: &dyn Fn(&Block) -> bool| blocks.iter().filter(|b| f(b)).map(|b| b.parameters).sum();
     let inference_path = sum(&|b| b.inference_path);
     let explain_heads = sum(&|b| b.role == Role::Explain);
     let text_tower = sum(&|b| matches!(b.name, "clip_text" | "builtin_text"));
@@ -420,9 +421,11 @@ mod tests {
             if f[kind] != "parameter" {
                 continue;
             }
-            let e = out
-                .entry(f[block].to_string())
-                .or_insert((0, f[trainable] == "true", f[path] == "true"));
+            let e = out.entry(f[block].to_string()).or_insert((
+                0,
+                f[trainable] == "true",
+                f[path] == "true",
+            ));
             e.0 += f[numel].parse::<u64>().unwrap();
             assert_eq!(
                 (e.1, e.2),
@@ -467,7 +470,10 @@ mod tests {
             ],
             totals
         );
-        assert_eq!(t.all + CLIP_VISUAL_PARAMS, theirs.values().map(|v| v.0).sum::<u64>());
+        assert_eq!(
+            t.all + CLIP_VISUAL_PARAMS,
+            theirs.values().map(|v| v.0).sum::<u64>()
+        );
         let text = ins.to_string();
         assert!(text.contains(&thousands(totals[0])), "{text}");
         let json = serde_json::to_value(&ins).unwrap();
@@ -499,7 +505,11 @@ mod tests {
         cfg.base_channels = 8;
         let cfg = cfg.with_builtin_text(1);
         let ins = inspect_config(&cfg);
-        let text = ins.blocks.iter().find(|b| b.name == "builtin_text").unwrap();
+        let text = ins
+            .blocks
+            .iter()
+            .find(|b| b.name == "builtin_text")
+            .unwrap();
         assert!(text.trainable && text.inference_path && text.parameters > 0);
         assert!(ins.not_built.is_empty());
         assert_eq!(ins.totals.frozen, 1, "only logit_scale");

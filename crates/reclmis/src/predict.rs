@@ -91,7 +91,12 @@ pub fn predict_one(
 }
 
 /// Predicts an image already decoded (B, G, R; any size, resized to the model's).
-pub fn predict_image(model: &RecLMIS, cfg: &ModelConfig, image: &ImageU8, note: &str) -> Prediction {
+pub fn predict_image(
+    model: &RecLMIS,
+    cfg: &ModelConfig,
+    image: &ImageU8,
+    note: &str,
+) -> Prediction {
     let s = cfg.image_size;
     let g = cfg.grid();
     let tok = Tokenizer::clip();
@@ -196,7 +201,11 @@ pub fn write_prediction(dir: &Path, pred: &Prediction, image: &ImageU8) -> Resul
         resized = image.resized(s, s);
         &resized
     };
-    let mask255: Vec<u8> = pred.mask.iter().map(|&m| if m != 0 { 255 } else { 0 }).collect();
+    let mask255: Vec<u8> = pred
+        .mask
+        .iter()
+        .map(|&m| if m != 0 { 255 } else { 0 })
+        .collect();
     report::write_png(&dir.join("mask.png"), s, s, 1, &mask255)?;
     report::write_file(&dir.join("prob.npy"), &report::npy_f32(&[s, s], &pred.prob))?;
     report::write_png(
@@ -276,7 +285,11 @@ pub fn plan_folder(
             continue;
         }
         let shared_stem = names.iter().filter(|m| stem(m) == stem(name)).count() > 1;
-        let sub = if shared_stem { name.clone() } else { stem(name) };
+        let sub = if shared_stem {
+            name.clone()
+        } else {
+            stem(name)
+        };
         items.push(FolderItem {
             image: images_dir.join(name),
             note: note.map_or_else(String::new, |n| n.text.clone()),
@@ -405,7 +418,11 @@ mod tests {
         assert!(t.truncated, "the padded note overflows the context");
         assert!(cut.is_empty(), "only padding was cut: {cut:?}");
         let kept: f32 = words.iter().map(|w| w.weight).sum();
-        assert_eq!(kept, (1..=16).sum::<usize>() as f32, "every kept token counted once");
+        assert_eq!(
+            kept,
+            (1..=16).sum::<usize>() as f32,
+            "every kept token counted once"
+        );
     }
 
     #[test]
@@ -469,7 +486,9 @@ mod tests {
         let manifest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
         let first = &manifest["inputs"][0];
-        let image = dir.join("inputs/img").join(first["image"].as_str().unwrap());
+        let image = dir
+            .join("inputs/img")
+            .join(first["image"].as_str().unwrap());
         let note = first["note"].as_str().unwrap();
         let pred = predict_one(&model, &cfg, &image, note).unwrap();
 
@@ -483,7 +502,10 @@ mod tests {
         };
         let max_err = |a: &[f32], b: &[f32]| {
             assert_eq!(a.len(), b.len());
-            a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
         };
         let probs = floats("probs", 224 * 224);
         assert!(max_err(&pred.prob, &probs) < 1e-4);

@@ -129,8 +129,9 @@ pub fn overlay_mask(img: &ImageU8, mask: &[u8]) -> Vec<u8> {
             // An edge pixel differs from one of its 8 neighbours, so the outline is two pixels
             // wide, straddling the boundary, and stays visible at 224 px.
             let here = inside(x, y);
-            let edge = (y.saturating_sub(1)..=(y + 1).min(h - 1))
-                .any(|yy| (x.saturating_sub(1)..=(x + 1).min(w - 1)).any(|xx| inside(xx, yy) != here));
+            let edge = (y.saturating_sub(1)..=(y + 1).min(h - 1)).any(|yy| {
+                (x.saturating_sub(1)..=(x + 1).min(w - 1)).any(|xx| inside(xx, yy) != here)
+            });
             if edge {
                 px.copy_from_slice(&MASK_EDGE);
             } else if here {
@@ -288,8 +289,11 @@ mod tests {
         assert_eq!(colour_map(0.0), [24, 12, 60]);
         assert_eq!(colour_map(1.0), [252, 250, 170]);
         assert_eq!(colour_map(0.5), [200, 50, 75]);
-        let lightness = |c: [u8; 3]| 0.299 * c[0] as f32 + 0.587 * c[1] as f32 + 0.114 * c[2] as f32;
-        let l: Vec<f32> = (0..=20).map(|i| lightness(colour_map(i as f32 / 20.0))).collect();
+        let lightness =
+            |c: [u8; 3]| 0.299 * c[0] as f32 + 0.587 * c[1] as f32 + 0.114 * c[2] as f32;
+        let l: Vec<f32> = (0..=20)
+            .map(|i| lightness(colour_map(i as f32 / 20.0)))
+            .collect();
         assert!(l.windows(2).all(|w| w[1] > w[0]), "{l:?}");
         assert_eq!(normalise(&[2.0, 4.0, 3.0]), vec![0.0, 1.0, 0.5]);
         assert_eq!(normalise(&[1.0, 1.0]), vec![0.0, 0.0]);
