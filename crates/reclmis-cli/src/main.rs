@@ -4,6 +4,8 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input. A failure prints one line
 //! `error: …` on stderr, and `hint: …` where one helps.
 
+mod training;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -48,7 +50,16 @@ enum Command {
     Import(ImportArgs),
     /// Parameter table per block, config and text encoder of a preset or checkpoint
     Inspect(InspectArgs),
-    // Commands still to come (the lead adds them): `demo`, `synth`, `train`, `evaluate`, `bench`.
+    /// Procedural data, a short training, evaluation with true and shuffled notes, a report
+    Demo(training::DemoArgs),
+    /// Write the procedural dataset in LViT layout
+    Synth(training::SynthArgs),
+    /// Train on a dataset in LViT layout (the paper's recipe, every field overridable)
+    Train(training::TrainArgs),
+    /// The LViT test protocol: Dice and mIoU with given, shuffled or empty notes
+    Evaluate(training::EvaluateArgs),
+    /// Time a training step and inference in the paper configuration
+    Bench(training::BenchArgs),
 }
 
 #[derive(Args)]
@@ -115,7 +126,12 @@ fn main() -> ExitCode {
         // lazily on first use), so no one reads the environment concurrently.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
-    let json = matches!(&cli.command, Command::Inspect(a) if a.json);
+    let json = match &cli.command {
+        Command::Inspect(a) => a.json,
+        Command::Evaluate(a) => a.json,
+        Command::Bench(a) => a.json,
+        _ => false,
+    };
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => ExitCode::from(report_error(&e, json)),
@@ -127,6 +143,11 @@ fn run(command: Command) -> Result<()> {
         Command::Predict(args) => run_predict(args),
         Command::Import(args) => run_import(args),
         Command::Inspect(args) => run_inspect(args),
+        Command::Demo(args) => training::run_demo(args),
+        Command::Synth(args) => training::run_synth(args),
+        Command::Train(args) => training::run_train(args),
+        Command::Evaluate(args) => training::run_evaluate(args),
+        Command::Bench(args) => training::run_bench(args),
     }
 }
 

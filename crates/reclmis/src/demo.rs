@@ -31,6 +31,8 @@ pub struct DemoConfig {
     pub lr: f64,
     /// Test images shown in the report.
     pub n_examples: usize,
+    /// The `clean` setting instead of the paper's.
+    pub clean: bool,
 }
 
 impl Default for DemoConfig {
@@ -48,6 +50,7 @@ impl Default for DemoConfig {
             batch_size: 16,
             lr: 1e-3,
             n_examples: 6,
+            clean: false,
         }
     }
 }
@@ -58,6 +61,9 @@ impl DemoConfig {
         m.image_size = self.image_size;
         m.base_channels = self.base_channels;
         m.rec_layers = self.rec_layers;
+        if self.clean {
+            m.parity = crate::model::Parity::Clean;
+        }
         TrainConfig {
             model: m.with_builtin_text(self.text_layers),
             epochs: self.epochs,

@@ -21,6 +21,10 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// Flags that parse but do not make sense together.
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    #[error(transparent)]
+    Synth(#[from] crate::data::synth::SynthError),
     #[error("{0}")]
     Usage(String),
     /// Writing an output (or creating its folder) failed.
@@ -47,6 +51,19 @@ impl Error {
             Error::Checkpoint(CheckpointError::Write { source, .. }) => io_is_bad_input(source),
             Error::Checkpoint(_) => true,
             Error::Io { source, .. } => io_is_bad_input(source),
+            Error::Train(t) => {
+                use crate::train::TrainError as T;
+                match t {
+                    T::Checkpoint(CheckpointError::Write { source, .. }) => io_is_bad_input(source),
+                    T::Io { source, .. } => io_is_bad_input(source),
+                    T::Checkpoint(_) | T::Config(_) | T::Resume(_) | T::Empty => true,
+                    T::NonFinite { .. } => false,
+                }
+            }
+            Error::Synth(crate::data::synth::SynthError::Io { source, .. }) => {
+                io_is_bad_input(source)
+            }
+            Error::Synth(_) => true,
         };
         if bad { EXIT_BAD_INPUT } else { EXIT_RUNTIME }
     }
@@ -77,6 +94,17 @@ impl Error {
             ),
             Error::Usage(_) => None,
             Error::Io { source, .. } => io_hint(source),
+            Error::Train(crate::train::TrainError::NonFinite { .. }) => Some(
+                "lower --lr or the batch size; `--resume` continues from the last good checkpoint"
+                    .into(),
+            ),
+            Error::Train(crate::train::TrainError::Resume(_)) => Some(
+                "--resume needs the run folder of an earlier `train` with the same model flags"
+                    .into(),
+            ),
+            Error::Train(crate::train::TrainError::Checkpoint(e)) => checkpoint_hint(e),
+            Error::Train(_) => None,
+            Error::Synth(e) => e.hint(),
         }
     }
 }

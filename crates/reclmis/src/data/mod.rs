@@ -1,10 +1,10 @@
 //! Data: LViT folder layout, notes files, image loading as the authors' loader does, metrics and
 //! the embedded procedural dataset.
 
+pub mod dataset;
 pub mod image;
 pub mod layout;
 pub mod metrics;
-pub mod dataset;
 pub mod notes;
 pub mod synth;
 

@@ -73,8 +73,9 @@ impl Interactor {
             let v1 = self.attn_img.forward(e, t1.clone(), attn(), train); // [B, N, D]
             (t1, v1)
         } else {
-            // clean: residual connections keep each token's own identity, so the words reach
-            // the bottleneck at first order, and text pads are masked as keys.
+            // clean: residual connections (each followed by a parameter-free LayerNorm) keep each
+            // token's own identity, so the words reach the bottleneck at first order; text pads
+            // are masked as keys.
             let pad_mask = clean.map(|m| {
                 let [b, l] = m.dims();
                 m.neg()
@@ -82,14 +83,15 @@ impl Interactor {
                     .mul_scalar(NEG_INF as f64)
                     .reshape([b, 1, 1, l])
             });
-            let t1 =
-                text_feat.clone() + self.attn_text.forward(text_feat, e.clone(), attn(), train);
+            let t1 = plain_ln(
+                text_feat.clone() + self.attn_text.forward(text_feat, e.clone(), attn(), train),
+            );
             let opts = AttnOptions {
                 mask: pad_mask,
                 dropout: p,
                 ..Default::default()
             };
-            let v1 = e.clone() + self.attn_img.forward(e, t1.clone(), opts, train);
+            let v1 = plain_ln(e.clone() + self.attn_img.forward(e, t1.clone(), opts, train));
             (t1, v1)
         };
         let t2 = with_text_branch.then(|| {
@@ -98,4 +100,12 @@ impl Interactor {
         });
         (v1, t2)
     }
+}
+
+/// LayerNorm without learned scale and shift, so the clean setting keeps the authors' state-dict
+/// keys.
+fn plain_ln(x: Tensor<3>) -> Tensor<3> {
+    let d = x.dims()[2];
+    let device = x.device();
+    burn::tensor::module::layer_norm(x, Tensor::ones([d], &device), None, 1e-5)
 }

@@ -1,0 +1,595 @@
+//! `demo`, `synth`, `train`, `evaluate` and `bench`: flags, progress bars and printing.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use burn::tensor::Device;
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use reclmis::Error;
+use reclmis::checkpoint::import::model_with_clip;
+use reclmis::checkpoint::ours;
+use reclmis::data::dataset::{Augment, Dataset};
+use reclmis::data::layout::{LayoutOptions, Split};
+use reclmis::data::synth::{SynthConfig, write_lvit};
+use reclmis::demo::DemoConfig;
+use reclmis::eval::{TextMode, evaluate};
+use reclmis::model::{ModelConfig, Preset};
+use reclmis::train::{EpochMetrics, Event, TrainConfig, Trainer};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Report folder (index.html, report.json, curves, examples, the trained run)
+    #[arg(long, value_name = "DIR", default_value = "reclmis-demo")]
+    pub out: PathBuf,
+    /// Seed of the data and the training
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Training epochs (default: the demo's)
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+    /// Image side (a multiple of 16; default 64)
+    #[arg(long, value_name = "PX")]
+    pub image_size: Option<usize>,
+    /// Training images (default 800)
+    #[arg(long, value_name = "N")]
+    pub n_train: Option<u64>,
+    /// The `clean` setting instead of the paper's (reclmis.md §7)
+    #[arg(long)]
+    pub clean: bool,
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// Output folder (LViT layout; must not exist or be empty)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Number of images, split 70 / 10 / 20 into train / val / test
+    #[arg(long, value_name = "N")]
+    pub n: u64,
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// Image side in pixels
+    #[arg(long, value_name = "PX", default_value_t = 224)]
+    pub size: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum AugmentArg {
+    None,
+    Paper,
+    TextFaithful,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Dataset root in LViT layout ({Train,Val}_Folder/{img,labelcol} + notes)
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// The paper configuration to start from
+    #[arg(long, value_name = "P", default_value = "qata")]
+    pub preset: Preset,
+    /// TOML file overriding any field of the training config (see config.toml in a run folder)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Run folder (checkpoints, metrics.jsonl, curves.png, config.toml)
+    #[arg(long, value_name = "DIR", default_value = "runs/train")]
+    pub out: PathBuf,
+    /// Continue the run in --out where it stopped
+    #[arg(long)]
+    pub resume: bool,
+    /// CLIP text weights (our imported checkpoint, ViT-B-32.pt or HF safetensors); without it the
+    /// built-in text encoder is trained along
+    #[arg(long, value_name = "FILE")]
+    pub clip: Option<PathBuf>,
+    /// Model input size (a multiple of 16)
+    #[arg(long, value_name = "PX")]
+    pub image_size: Option<usize>,
+    /// Model width (64 is the paper's; at least 8)
+    #[arg(long, value_name = "C")]
+    pub base_channels: Option<usize>,
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f64>,
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    #[arg(long, value_enum)]
+    pub augment: Option<AugmentArg>,
+    /// Use at most N training / validation images
+    #[arg(long, value_name = "N")]
+    pub max_train: Option<usize>,
+    #[arg(long, value_name = "N")]
+    pub max_val: Option<usize>,
+    /// Stop after the epoch during which this many minutes have passed
+    #[arg(long, value_name = "MIN")]
+    pub time_budget_min: Option<f64>,
+    /// The `clean` setting instead of the paper's (reclmis.md §7)
+    #[arg(long)]
+    pub clean: bool,
+    /// Use the empty note for images without one (default: an error)
+    #[arg(long)]
+    pub allow_missing_notes: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Val,
+    Test,
+}
+
+#[derive(Args)]
+pub struct EvaluateArgs {
+    /// A run folder (its best.safetensors) or a checkpoint file
+    #[arg(long, value_name = "RUN_OR_FILE")]
+    pub checkpoint: PathBuf,
+    /// Dataset root in LViT layout
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+    /// given: each image's own note; shuffled: another image's (seeded); empty: the empty note
+    #[arg(long, value_name = "MODE", default_value = "given")]
+    pub text: TextMode,
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// Per-image CSV (default: beside the checkpoint, eval-<split>-<text>.csv)
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// JSON summary on stdout
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long)]
+    pub allow_missing_notes: bool,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// Timed training steps
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub steps: usize,
+    #[arg(long, value_name = "PX", default_value_t = 224)]
+    pub image_size: usize,
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub batch_size: usize,
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
+        .expect("the template is valid")
+        .progress_chars("=> ")
+}
+
+/// Renders trainer events as one progress bar per epoch and one summary line after it.
+fn progress(quiet: bool) -> impl FnMut(Event) {
+    let mut bar: Option<ProgressBar> = None;
+    move |e| {
+        if quiet {
+            return;
+        }
+        match e {
+            Event::Resumed { epoch } => eprintln!("resuming after epoch {epoch}"),
+            Event::EpochStart {
+                epoch,
+                epochs,
+                steps,
+            } => {
+                let b = ProgressBar::new(steps as u64).with_style(bar_style());
+                b.set_prefix(format!("epoch {epoch}/{epochs}"));
+                bar = Some(b);
+            }
+            Event::Step { loss, dice, .. } => {
+                if let Some(b) = &bar {
+                    b.set_message(format!("loss {loss:.3} dice {dice:.3}"));
+                    b.inc(1);
+                }
+            }
+            Event::Validating { .. } => {
+                if let Some(b) = &bar {
+                    b.set_message("validating");
+                }
+            }
+            Event::EpochEnd(m) => {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+                eprintln!("{}", epoch_line(m));
+            }
+        }
+    }
+}
+
+fn epoch_line(m: &EpochMetrics) -> String {
+    format!(
+        "epoch {:>3}: loss {:.4} (crit {:.4} ccl {:.4} rec {:.4}/{:.4}) train dice {:.4} | val \
+         dice {:.4}{} | lr {:.2e} | {:.0}s",
+        m.epoch,
+        m.train_loss,
+        m.train_criterion,
+        m.train_ccl,
+        m.train_text_rec,
+        m.train_img_rec,
+        m.train_dice,
+        m.val_dice,
+        if m.best { " (best)" } else { "" },
+        m.lr,
+        m.seconds
+    )
+}
+
+pub fn run_demo(args: DemoArgs) -> Result<()> {
+    let mut cfg = DemoConfig::default();
+    if let Some(s) = args.seed {
+        cfg.seed = s;
+    }
+    if let Some(e) = args.epochs {
+        cfg.epochs = e;
+    }
+    if let Some(s) = args.image_size {
+        if s == 0 || !s.is_multiple_of(16) {
+            return Err(usage(format!(
+                "--image-size {s} is not a positive multiple of 16"
+            )));
+        }
+        cfg.image_size = s;
+    }
+    if let Some(n) = args.n_train {
+        cfg.n_train = n;
+    }
+    cfg.clean = args.clean;
+    create_dir(&args.out)?;
+    eprintln!(
+        "reclmis demo: {} procedural chest films at {} px ({} train / {} val / {} test), a reduced \
+         RecLMIS (base {}, built-in text encoder), {} epochs, seed {}",
+        cfg.n_train + cfg.n_val + cfg.n_test,
+        cfg.image_size,
+        cfg.n_train,
+        cfg.n_val,
+        cfg.n_test,
+        cfg.base_channels,
+        cfg.epochs,
+        cfg.seed
+    );
+    let outcome =
+        reclmis::demo::run(&cfg, Some(&args.out), &mut progress(false)).map_err(Error::from)?;
+    let r = &outcome.report;
+    let files = reclmis::demo_report::write_report(&args.out, &outcome, &cfg)?;
+    println!(
+        "test Dice {:.3} (mIoU {:.3}) with the true notes, {:.3} with shuffled notes, {:.3} with \
+         empty notes; trained in {:.0}s",
+        r.dice_true, r.miou_true, r.dice_shuffled, r.dice_empty, r.train_seconds
+    );
+    println!("report: {}", files.index.display());
+    Ok(())
+}
+
+pub fn run_synth(args: SynthArgs) -> Result<()> {
+    let cfg = SynthConfig {
+        size: args.size,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let n_train = args.n * 7 / 10;
+    let n_val = args.n / 10;
+    let n_test = args.n - n_train - n_val;
+    write_lvit(
+        &args.out,
+        n_train as usize,
+        n_val as usize,
+        n_test as usize,
+        &cfg,
+    )
+    .map_err(Error::from)?;
+    println!(
+        "wrote {}: {n_train} train, {n_val} val, {n_test} test images at {} px (seed {})",
+        args.out.display(),
+        args.size,
+        args.seed
+    );
+    Ok(())
+}
+
+/// Deep-merges `over` into `base` (tables recursively, everything else replaced).
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Error::Usage(msg.into()).into()
+}
+
+/// The training config: preset, then the TOML file, then the flags.
+fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
+    let mut cfg = TrainConfig::preset(args.preset);
+    if args.clip.is_none() {
+        cfg.model = cfg.model.clone().with_builtin_text(4);
+    }
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let over: toml::Value =
+            toml::from_str(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+        let mut base = toml::Value::try_from(&cfg).expect("a train config converts to TOML");
+        merge(&mut base, over);
+        cfg = base
+            .try_into()
+            .map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    }
+    let m = &mut cfg.model;
+    if let Some(s) = args.image_size {
+        if s == 0 || !s.is_multiple_of(16) {
+            return Err(usage(format!(
+                "--image-size {s} is not a positive multiple of 16"
+            )));
+        }
+        m.image_size = s;
+    }
+    if let Some(b) = args.base_channels {
+        if b < 8 {
+            return Err(usage(format!("--base-channels {b} is below 8")));
+        }
+        m.base_channels = b;
+        if !m.text_encoder.is_frozen() {
+            let layers = match m.text_encoder {
+                reclmis::model::TextEncoderConfig::Builtin { layers, .. } => layers,
+                _ => 4,
+            };
+            *m = m.clone().with_builtin_text(layers);
+        }
+    }
+    if args.clean {
+        m.parity = reclmis::model::Parity::Clean;
+    }
+    if let Some(e) = args.epochs {
+        cfg.epochs = e;
+    }
+    if let Some(b) = args.batch_size {
+        if b == 0 {
+            return Err(usage("--batch-size must be at least 1"));
+        }
+        cfg.batch_size = b;
+    }
+    if let Some(lr) = args.lr {
+        cfg.lr = lr;
+    }
+    if let Some(s) = args.seed {
+        cfg.seed = s;
+    }
+    if let Some(a) = args.augment {
+        cfg.augment = match a {
+            AugmentArg::None => Augment::None,
+            AugmentArg::Paper => Augment::Paper,
+            AugmentArg::TextFaithful => Augment::TextFaithful,
+        };
+    }
+    cfg.max_train = args.max_train.or(cfg.max_train);
+    cfg.max_val = args.max_val.or(cfg.max_val);
+    if let Some(m) = args.time_budget_min {
+        cfg.time_budget_s = Some(m * 60.0);
+    }
+    cfg.validate().map_err(Error::from)?;
+    Ok(cfg)
+}
+
+fn create_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+fn load_split(
+    data: &Path,
+    split: Split,
+    size: usize,
+    allow_missing_notes: bool,
+    limit: Option<usize>,
+) -> Result<Dataset, Error> {
+    let opts = LayoutOptions {
+        allow_missing_notes,
+        ..Default::default()
+    };
+    let d = Dataset::from_split(data, split, size, &opts, limit)?;
+    if d.size_mismatches > 0 {
+        eprintln!(
+            "warning: {} {} image(s) have a mask of another size; both were resized to {size}×{size}",
+            d.size_mismatches,
+            split.name()
+        );
+    }
+    Ok(d)
+}
+
+pub fn run_train(args: TrainArgs) -> Result<()> {
+    let mut cfg = train_config(&args)?;
+    let device = Device::flex().autodiff();
+    let init = match (&args.clip, args.resume) {
+        (Some(clip), false) => {
+            let model = if ours::read_header(clip).is_ok() {
+                let l = ours::load(clip, &device).map_err(Error::from)?;
+                cfg.model.text_encoder = l.cfg.text_encoder.clone();
+                let (m, _) = model_with_clip_from_loaded(l, &cfg.model, cfg.seed, &device)?;
+                m
+            } else {
+                let (m, c) = model_with_clip(clip, cfg.model.preset, cfg.seed, &device)
+                    .map_err(Error::from)?;
+                cfg.model.text_encoder = c.text_encoder;
+                m
+            };
+            cfg.validate().map_err(Error::from)?;
+            Some(model)
+        }
+        _ => None,
+    };
+    let size = cfg.model.image_size;
+    eprintln!("loading {} at {size}×{size}…", args.data.display());
+    let train = load_split(
+        &args.data,
+        Split::Train,
+        size,
+        args.allow_missing_notes,
+        cfg.max_train,
+    )?;
+    let val = load_split(
+        &args.data,
+        Split::Val,
+        size,
+        args.allow_missing_notes,
+        cfg.max_val,
+    )?;
+    eprintln!(
+        "{} train / {} val images ({} with an empty mask); text encoder {}; parity {:?}; \
+         augmentation {:?}",
+        train.len(),
+        val.len(),
+        train.empty_masks + val.empty_masks,
+        cfg.model.text_encoder.kind(),
+        cfg.model.parity,
+        cfg.augment
+    );
+    let mut trainer =
+        Trainer::new(cfg, init, Some(&args.out), args.resume, &device).map_err(Error::from)?;
+    let result = trainer
+        .run(&train, &val, &mut progress(false))
+        .map(|h| h.to_vec());
+    if !trainer.history.is_empty() {
+        reclmis::demo_report::write_curves(&args.out.join("curves.png"), &trainer.history)?;
+    }
+    result.map_err(Error::from)?;
+    println!(
+        "best val Dice {:.4} at epoch {}; run folder {}",
+        trainer.state.best_val_dice.unwrap_or(0.0),
+        trainer.state.best_epoch.unwrap_or(0),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// A loaded checkpoint's CLIP tower inside a fresh model of `cfg`.
+fn model_with_clip_from_loaded(
+    l: ours::Loaded,
+    cfg: &ModelConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<(reclmis::model::RecLMIS, ModelConfig), Error> {
+    let mut model = reclmis::model::RecLMIS::new(cfg, seed, device);
+    model.clip = l.model.clip;
+    Ok((model, cfg.clone()))
+}
+
+pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
+    let ckpt = if args.checkpoint.is_dir() {
+        args.checkpoint.join("best.safetensors")
+    } else {
+        args.checkpoint.clone()
+    };
+    let loaded = ours::load(&ckpt, &Device::flex()).map_err(Error::from)?;
+    let split = match args.split {
+        SplitArg::Train => Split::Train,
+        SplitArg::Val => Split::Val,
+        SplitArg::Test => Split::Test,
+    };
+    let data = load_split(
+        &args.data,
+        split,
+        loaded.cfg.image_size,
+        args.allow_missing_notes,
+        None,
+    )?;
+    let s = evaluate(&loaded.model, &loaded.cfg, &data, args.text, args.seed, 8);
+    let csv_path = args.csv.clone().unwrap_or_else(|| {
+        ckpt.parent().unwrap_or(Path::new(".")).join(format!(
+            "eval-{}-{}.csv",
+            split.name(),
+            args.text
+        ))
+    });
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in &s.per_image {
+        w.serialize(r)?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    ours::write_atomic(&csv_path, &bytes).map_err(|source| Error::Io {
+        path: csv_path.clone(),
+        source,
+    })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "dice": s.dice, "miou": s.miou, "n": s.n, "text": s.text.to_string(),
+                "split": split.name(), "checkpoint": ckpt.display().to_string(),
+                "text_encoder": loaded.cfg.text_encoder.kind(), "csv": csv_path.display().to_string(),
+            })
+        );
+    } else {
+        println!(
+            "{} {} images, {} notes: Dice {:.4}, mIoU {:.4} (per image: {})",
+            split.name(),
+            s.n,
+            s.text,
+            s.dice,
+            s.miou,
+            csv_path.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn run_bench(args: BenchArgs) -> Result<()> {
+    let bc = reclmis::bench::BenchConfig {
+        image_size: args.image_size,
+        batch_size: args.batch_size,
+        steps: args.steps,
+        infer_reps: 3,
+    };
+    if bc.image_size == 0 || !bc.image_size.is_multiple_of(16) || bc.batch_size == 0 {
+        return Err(usage(
+            "--image-size must be a positive multiple of 16 and --batch-size at least 1",
+        ));
+    }
+    let quiet = args.json;
+    let r = reclmis::bench::run(&bc, &mut |label| {
+        if !quiet {
+            eprintln!("  {label}");
+        }
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "training step {:.2}s (batch {}, {} px) | inference {:.2}s (batch 1), {:.2}s (batch 4) \
+             | peak RSS {:.0} MiB | {} threads, {}, {}",
+            r.train_step_s,
+            bc.batch_size,
+            bc.image_size,
+            r.infer_b1_s,
+            r.infer_b4_s,
+            r.peak_rss_mb,
+            r.threads,
+            r.backend,
+            r.precision
+        );
+    }
+    Ok(())
+}
