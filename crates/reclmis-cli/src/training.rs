@@ -28,15 +28,15 @@ pub struct DemoArgs {
     /// Training epochs (default: the demo's)
     #[arg(long, value_name = "N")]
     pub epochs: Option<usize>,
-    /// Image side (a multiple of 16; default 64)
+    /// Image side (a multiple of 16; default 48)
     #[arg(long, value_name = "PX")]
     pub image_size: Option<usize>,
-    /// Training images (default 800)
+    /// Training images (default 400)
     #[arg(long, value_name = "N")]
     pub n_train: Option<u64>,
-    /// The `clean` setting instead of the paper's (reclmis.md §7)
+    /// The paper's setting instead of the demo's default `clean` one (reclmis.md §7)
     #[arg(long)]
-    pub clean: bool,
+    pub paper: bool,
 }
 
 #[derive(Args)]
@@ -242,17 +242,20 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
     if let Some(n) = args.n_train {
         cfg.n_train = n;
     }
-    cfg.clean = args.clean;
+    if args.paper {
+        cfg.clean = false;
+    }
     create_dir(&args.out)?;
     eprintln!(
         "reclmis demo: {} procedural chest films at {} px ({} train / {} val / {} test), a reduced \
-         RecLMIS (base {}, built-in text encoder), {} epochs, seed {}",
+         RecLMIS (base {}, built-in text encoder, {} setting), {} epochs, seed {}",
         cfg.n_train + cfg.n_val + cfg.n_test,
         cfg.image_size,
         cfg.n_train,
         cfg.n_val,
         cfg.n_test,
         cfg.base_channels,
+        if cfg.clean { "clean" } else { "paper" },
         cfg.epochs,
         cfg.seed
     );
