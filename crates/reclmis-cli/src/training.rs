@@ -112,6 +112,9 @@ pub struct TrainArgs {
     /// Use the empty note for images without one (default: an error)
     #[arg(long)]
     pub allow_missing_notes: bool,
+    /// Train the text-free baseline instead (same encoder and decoder, CNN bottleneck, no text)
+    #[arg(long)]
+    pub text_free: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -363,6 +366,9 @@ fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
     if args.clean {
         m.parity = reclmis::model::Parity::Clean;
     }
+    if args.text_free {
+        m.text_free = true;
+    }
     if let Some(e) = args.epochs {
         cfg.epochs = e;
     }
@@ -542,7 +548,8 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
             serde_json::json!({
                 "dice": s.dice, "miou": s.miou, "n": s.n, "text": s.text.to_string(),
                 "split": split.name(), "checkpoint": ckpt.display().to_string(),
-                "text_encoder": loaded.cfg.text_encoder.kind(), "csv": csv_path.display().to_string(),
+                "text_encoder": if loaded.cfg.text_free { "none (text-free baseline)" } else { loaded.cfg.text_encoder.kind() },
+                "csv": csv_path.display().to_string(),
             })
         );
     } else {

@@ -282,11 +282,14 @@ impl TextCache {
         tokens: &TokenBatch,
         train: bool,
     ) -> Tensor<3> {
+        let device = model.device();
+        let (l, d) = (tokens.len, cfg.d_model());
+        if cfg.text_free {
+            return Tensor::zeros([tokens.batch, l, d], &device);
+        }
         if !cfg.text_encoder.is_frozen() {
             return model.encode_text(cfg, tokens, train);
         }
-        let device = model.device();
-        let (l, d) = (tokens.len, cfg.d_model());
         let missing: Vec<Vec<i64>> = tokens
             .ids
             .chunks(l)

@@ -137,3 +137,42 @@ fn adam_step_trains_everything_but_the_frozen_clip_tower() {
 fn adam_step_trains_the_builtin_text_encoder() {
     step(false);
 }
+
+#[test]
+fn text_free_baseline_ignores_the_note_and_trains() {
+    let mut cfg = small_config(false);
+    cfg.text_free = true;
+    let device = Device::flex().autodiff();
+    let model = RecLMIS::new(&cfg, 3, &device);
+    let (images, tokens, target) = batch(&cfg, &device);
+    let mut other = tokens.clone();
+    other.ids.reverse();
+    let run = |t: &TokenBatch| {
+        let mut cache = reclmis::train::TextCache::default();
+        let tfc = cache.encode(&model, &cfg, t, true);
+        model.forward(
+            &cfg,
+            images.clone(),
+            tfc,
+            t,
+            Branches::Aux { seed: 1 },
+            true,
+        )
+    };
+    let (a, b) = (run(&tokens), run(&other));
+    assert_eq!(to_vec(&a.probs), to_vec(&b.probs));
+    assert!(a.aux.is_none() && a.explain.is_none());
+    let losses = model.losses(&cfg, &a, target);
+    assert!(losses.ccl.is_none() && losses.text_rec.is_none());
+    let grads = losses.total.backward();
+    let with_grad: Vec<String> = named_grads(&model, &grads)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(with_grad.iter().any(|k| k == "down4.nConvs.1.conv.weight"));
+    assert!(
+        with_grad
+            .iter()
+            .all(|k| !k.starts_with("interact.") && !k.starts_with("clip."))
+    );
+}

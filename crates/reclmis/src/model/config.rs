@@ -131,6 +131,10 @@ pub struct ModelConfig {
     /// Dropout of the Interactor and reconstructors (0.1 in the authors' code).
     pub dropout: f64,
     pub loss_weights: LossWeights,
+    /// A text-free baseline: the CNN bottleneck `img_feat4` goes straight to the decoder (a
+    /// U-Net with PLAM skips); no text, no Interactor, no auxiliary losses.
+    #[serde(default)]
+    pub text_free: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -174,6 +178,7 @@ impl ModelConfig {
             head_dropout: 0.0,
             dropout: 0.1,
             loss_weights: LossWeights::default(),
+            text_free: false,
         }
     }
 

@@ -171,7 +171,11 @@ impl RecLMIS {
         let l = tokens.len;
         let text_mask = tokens.mask(&device); // [B, L]
 
-        let text_feat = self.text_module4.forward_tokens(text_feat_clip.clone()); // [B, L, D]
+        let text_feat = if cfg.text_free {
+            text_feat_clip.clone()
+        } else {
+            self.text_module4.forward_tokens(text_feat_clip.clone()) // [B, L, D]
+        };
 
         let x1 = self.inc.forward(images, train); // [B, b, S, S]
         let f1 = self.down1.forward(x1.clone(), train); // [B, 2b, S/2, S/2]
@@ -179,6 +183,15 @@ impl RecLMIS {
         let f3 = self.down3.forward(f2.clone(), train); // [B, 8b, S/8, S/8]
         let f4 = self.down4.forward(f3.clone(), train); // [B, 8b, g, g]
 
+        if cfg.text_free {
+            return self.forward_text_free(
+                cfg,
+                [x1, f1, f2, f3, f4],
+                text_feat_clip,
+                text_feat,
+                train,
+            );
+        }
         let with_text = !matches!(branches, Branches::Segment);
         let (v1, t2) = self.interact.forward(
             f4.clone(),
@@ -266,6 +279,36 @@ impl RecLMIS {
             up: [u4, u3, u2, u1],
             explain,
             aux,
+        }
+    }
+
+    /// The text-free baseline: `img_feat4` is the bottleneck the decoder sees.
+    fn forward_text_free(
+        &self,
+        _cfg: &ModelConfig,
+        enc: [Tensor<4>; 5],
+        text_feat_clip: Tensor<3>,
+        text_feat: Tensor<3>,
+        train: bool,
+    ) -> Outputs {
+        let [x1, f1, f2, f3, f4] = enc;
+        let u4 = self.up4.forward(f4.clone(), f3.clone(), train);
+        let u3 = self.up3.forward(u4.clone(), f2.clone(), train);
+        let u2 = self.up2.forward(u3.clone(), f1.clone(), train);
+        let u1 = self.up1.forward(u2.clone(), x1.clone(), train);
+        let logits = self.outc.forward(u1.clone());
+        let probs = sigmoid(logits.clone());
+        let inter_img = f4.clone().flatten::<3>(2, 3).swap_dims(1, 2);
+        Outputs {
+            probs,
+            logits,
+            text_feat_clip,
+            text_feat,
+            enc: [x1, f1, f2, f3, f4],
+            inter_img,
+            up: [u4, u3, u2, u1],
+            explain: None,
+            aux: None,
         }
     }
 
