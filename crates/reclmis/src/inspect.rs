@@ -396,11 +396,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn shared() -> std::path::PathBuf {
-        std::env::var_os("RECLMIS_SHARED")
-            .map(Into::into)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-    }
+    use crate::test_support::shared;
 
     /// Per block of the authors' state dict: (parameters, trainable, inference path).
     fn reference(tsv: &str) -> BTreeMap<String, (u64, bool, bool)> {

@@ -5,19 +5,31 @@
 //! of Huang et al., *Cross-Modal Conditioned Reconstruction for Language-guided Medical Image
 //! Segmentation* (IEEE TMI 2025), computed exactly as the authors' code computes it.
 
-pub mod model;
-
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
-pub mod tokenizer;
-
-pub mod error;
-pub mod inspect;
-pub mod predict;
-pub mod report;
-pub use error::Error;
-pub mod bench;
 pub mod demo;
 pub mod demo_report;
+pub mod error;
 pub mod eval;
+pub mod inspect;
+pub mod model;
+pub mod predict;
+pub mod report;
+pub mod tokenizer;
 pub mod train;
+
+pub use error::Error;
+
+/// What the unit tests share: the reference folder beside the checkout (`../shared`, or
+/// `RECLMIS_SHARED`).
+#[cfg(test)]
+pub(crate) mod test_support {
+    pub fn shared() -> std::path::PathBuf {
+        std::env::var_os("RECLMIS_SHARED")
+            .map(Into::into)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+            })
+    }
+}

@@ -382,11 +382,7 @@ mod tests {
     use crate::checkpoint::import::import_authors_checkpoint;
     use crate::tokenizer::CONTEXT_PAPER;
 
-    fn shared() -> std::path::PathBuf {
-        std::env::var_os("RECLMIS_SHARED")
-            .map(Into::into)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-    }
+    use crate::test_support::shared;
 
     /// Weights of `1, 2, 3, …` at positions 1.. so sums show which tokens a word took.
     fn ramp(ids: &[i64]) -> Vec<f32> {

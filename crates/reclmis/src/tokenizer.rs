@@ -725,13 +725,7 @@ const HTML_ENTITIES: &[(&str, char)] = &[
 mod tests {
     use super::*;
 
-    fn shared() -> std::path::PathBuf {
-        std::env::var_os("RECLMIS_SHARED")
-            .map(Into::into)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-            })
-    }
+    use crate::test_support::shared;
 
     #[derive(serde::Deserialize)]
     struct GoldenLine {

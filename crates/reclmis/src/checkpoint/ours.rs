@@ -114,6 +114,22 @@ pub fn encode(
     safetensors::serialize(views, Some(metadata))
 }
 
+/// Encodes and writes atomically.
+fn write_tensors(
+    path: &Path,
+    tensors: &[(String, HostTensor)],
+    meta: HashMap<String, String>,
+) -> Result<(), CheckpointError> {
+    let bytes = encode(tensors, meta).map_err(|e| CheckpointError::Format {
+        path: path.into(),
+        detail: e.to_string(),
+    })?;
+    write_atomic(path, &bytes).map_err(|source| CheckpointError::Write {
+        path: path.into(),
+        source,
+    })
+}
+
 /// Saves the model with its config and training state.
 pub fn save(
     path: &Path,
@@ -138,14 +154,7 @@ pub fn save(
         tensors.retain(|(k, _)| !k.starts_with("clip."));
         meta.insert("text_tower".into(), file.into());
     }
-    let bytes = encode(&tensors, meta).map_err(|e| CheckpointError::Format {
-        path: path.into(),
-        detail: e.to_string(),
-    })?;
-    write_atomic(path, &bytes).map_err(|source| CheckpointError::Write {
-        path: path.into(),
-        source,
-    })
+    write_tensors(path, &tensors, meta)
 }
 
 /// Saves only the text tower (`clip.*`), for checkpoints that refer to it.
@@ -158,14 +167,7 @@ pub fn save_text_tower(path: &Path, model: &RecLMIS) -> Result<(), CheckpointErr
     meta.insert("format".into(), FORMAT.into());
     meta.insert("format_version".into(), FORMAT_VERSION.to_string());
     meta.insert("content".into(), "text_tower".into());
-    let bytes = encode(&tensors, meta).map_err(|e| CheckpointError::Format {
-        path: path.into(),
-        detail: e.to_string(),
-    })?;
-    write_atomic(path, &bytes).map_err(|source| CheckpointError::Write {
-        path: path.into(),
-        source,
-    })
+    write_tensors(path, &tensors, meta)
 }
 
 /// A decoded checkpoint file: its metadata and float tensors.

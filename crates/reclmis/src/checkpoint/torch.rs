@@ -1130,11 +1130,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn shared() -> std::path::PathBuf {
-        std::env::var_os("RECLMIS_SHARED")
-            .map(Into::into)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-    }
+    use crate::test_support::shared;
 
     fn parity(preset: &str) -> PathBuf {
         shared().join(format!(

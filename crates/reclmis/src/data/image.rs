@@ -451,13 +451,7 @@ mod tests {
     use super::*;
     use ::image::{ImageBuffer, Luma, LumaA, Rgb, Rgba};
 
-    fn shared() -> std::path::PathBuf {
-        std::env::var_os("RECLMIS_SHARED")
-            .map(Into::into)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-            })
-    }
+    use crate::test_support::shared;
 
     /// The generator the golden values were made with (the same LCG in Python, top bits kept).
     fn lcg(seed: u64, n: usize, bits: u32) -> Vec<u64> {

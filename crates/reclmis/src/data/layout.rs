@@ -396,13 +396,7 @@ fn list_files(dir: &Path) -> Result<Vec<String>, DataError> {
 mod tests {
     use super::*;
 
-    fn shared() -> std::path::PathBuf {
-        std::env::var_os("RECLMIS_SHARED")
-            .map(Into::into)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-            })
-    }
+    use crate::test_support::shared;
 
     /// A throw-away dataset tree; pairing never opens the image files, so they stay empty.
     struct Tree(PathBuf);

@@ -319,13 +319,7 @@ fn read_jsonl(path: &Path) -> Result<Vec<RawRow>, DataError> {
 mod tests {
     use super::*;
 
-    fn shared() -> std::path::PathBuf {
-        std::env::var_os("RECLMIS_SHARED")
-            .map(Into::into)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-            })
-    }
+    use crate::test_support::shared;
 
     fn scratch_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("reclmis-notes-{name}-{}", std::process::id()));

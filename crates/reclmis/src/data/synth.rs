@@ -1250,11 +1250,7 @@ fn write_notes(path: &Path, rows: &[(String, String)]) -> Result<(), SynthError>
 mod tests {
     use super::*;
 
-    fn shared() -> std::path::PathBuf {
-        std::env::var_os("RECLMIS_SHARED")
-            .map(Into::into)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-    }
+    use crate::test_support::shared;
 
     fn cfg(size: usize) -> SynthConfig {
         SynthConfig {

@@ -206,12 +206,7 @@ impl RecLMIS {
         let g = cfg.grid();
         let d = cfg.d_model();
         let map = v1.clone().swap_dims(1, 2).reshape([bsz, d, g, g]); // map[b,c,h,w] = V'[b, h·g+w, c]
-        let u4 = self.up4.forward(map, f3.clone(), train);
-        let u3 = self.up3.forward(u4.clone(), f2.clone(), train);
-        let u2 = self.up2.forward(u3.clone(), f1.clone(), train);
-        let u1 = self.up1.forward(u2.clone(), x1.clone(), train);
-        let logits = self.outc.forward(u1.clone());
-        let probs = sigmoid(logits.clone());
+        let (up, logits, probs) = self.decode(map, [&x1, &f1, &f2, &f3], train);
 
         let mut explain = None;
         let mut aux = None;
@@ -276,10 +271,28 @@ impl RecLMIS {
             text_feat,
             enc: [x1, f1, f2, f3, f4],
             inter_img: v1,
-            up: [u4, u3, u2, u1],
+            up,
             explain,
             aux,
         }
+    }
+
+    /// PLAM decoder and head from a bottleneck map `[B, D, g, g]` and the skips `x1, f1..f3`:
+    /// stages `up4..up1`, logits, probabilities.
+    fn decode(
+        &self,
+        bottleneck: Tensor<4>,
+        skips: [&Tensor<4>; 4],
+        train: bool,
+    ) -> ([Tensor<4>; 4], Tensor<4>, Tensor<4>) {
+        let [x1, f1, f2, f3] = skips;
+        let u4 = self.up4.forward(bottleneck, f3.clone(), train);
+        let u3 = self.up3.forward(u4.clone(), f2.clone(), train);
+        let u2 = self.up2.forward(u3.clone(), f1.clone(), train);
+        let u1 = self.up1.forward(u2.clone(), x1.clone(), train);
+        let logits = self.outc.forward(u1.clone());
+        let probs = sigmoid(logits.clone());
+        ([u4, u3, u2, u1], logits, probs)
     }
 
     /// The text-free baseline: `img_feat4` is the bottleneck the decoder sees.
@@ -292,12 +305,7 @@ impl RecLMIS {
         train: bool,
     ) -> Outputs {
         let [x1, f1, f2, f3, f4] = enc;
-        let u4 = self.up4.forward(f4.clone(), f3.clone(), train);
-        let u3 = self.up3.forward(u4.clone(), f2.clone(), train);
-        let u2 = self.up2.forward(u3.clone(), f1.clone(), train);
-        let u1 = self.up1.forward(u2.clone(), x1.clone(), train);
-        let logits = self.outc.forward(u1.clone());
-        let probs = sigmoid(logits.clone());
+        let (up, logits, probs) = self.decode(f4.clone(), [&x1, &f1, &f2, &f3], train);
         let inter_img = f4.clone().flatten::<3>(2, 3).swap_dims(1, 2);
         Outputs {
             probs,
@@ -306,7 +314,7 @@ impl RecLMIS {
             text_feat,
             enc: [x1, f1, f2, f3, f4],
             inter_img,
-            up: [u4, u3, u2, u1],
+            up,
             explain: None,
             aux: None,
         }
