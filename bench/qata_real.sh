@@ -27,3 +27,5 @@ for run in reclmis baseline; do
       --csv "$out/$run-test-$text.csv" | tee "$out/$run-test-$text.json"
   done
 done
+# Weights are too large to record; the metrics, curves, configs and per-image CSVs stay.
+find "$out" \( -name '*.safetensors' -o -name optimizer.bin \) -delete
