@@ -161,6 +161,15 @@ pub struct BenchArgs {
     pub image_size: usize,
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub batch_size: usize,
+    /// Conv/BatchNorm kernels: ours, or burn's generic ops (for a before/after comparison)
+    #[arg(long, value_enum, default_value_t = Kernels::Ours)]
+    pub kernels: Kernels,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Kernels {
+    Ours,
+    Burn,
 }
 
 fn bar_style() -> ProgressStyle {
@@ -578,6 +587,10 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             "--image-size must be a positive multiple of 16 and --batch-size at least 1",
         ));
     }
+    reclmis::kernels::set_kernels(match args.kernels {
+        Kernels::Ours => reclmis::kernels::KernelChoice::Ours,
+        Kernels::Burn => reclmis::kernels::KernelChoice::Burn,
+    });
     let quiet = args.json;
     let r = reclmis::bench::run(&bc, &mut |label| {
         if !quiet {
@@ -589,7 +602,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
     } else {
         println!(
             "training step {:.2}s (batch {}, {} px) | inference {:.2}s (batch 1), {:.2}s (batch 4) \
-             | peak RSS {:.0} MiB | {} threads, {}, {}",
+             | peak RSS {:.0} MiB | {} threads, {}, {}, {} kernels",
             r.train_step_s,
             bc.batch_size,
             bc.image_size,
@@ -598,7 +611,8 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             r.peak_rss_mb,
             r.threads,
             r.backend,
-            r.precision
+            r.precision,
+            r.kernels
         );
     }
     Ok(())

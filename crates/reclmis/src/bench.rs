@@ -45,6 +45,8 @@ pub struct BenchResult {
     pub backend: String,
     pub threads: usize,
     pub precision: String,
+    /// `ours` or `burn`: which conv/BatchNorm kernels ran.
+    pub kernels: String,
     pub config: BenchConfig,
     pub train_steps_s: Vec<f64>,
 }
@@ -150,6 +152,10 @@ pub fn run(bc: &BenchConfig, on_progress: &mut dyn FnMut(&str)) -> BenchResult {
         backend: "burn-flex (CPU)".into(),
         threads: rayon::current_num_threads(),
         precision: "fp32".into(),
+        kernels: match crate::kernels::kernels() {
+            crate::kernels::KernelChoice::Ours => "ours".into(),
+            crate::kernels::KernelChoice::Burn => "burn".into(),
+        },
         config: bc.clone(),
         train_steps_s: times,
     }

@@ -13,6 +13,7 @@ pub mod demo_report;
 pub mod error;
 pub mod eval;
 pub mod inspect;
+pub mod kernels;
 pub mod model;
 pub mod predict;
 pub mod report;

@@ -270,9 +270,16 @@ fn parity(preset: &str, cfg: ModelConfig) {
                 .push(format!("{name:<28} ~0 (ours max {worst:.1e})"));
             continue;
         }
-        // float32 accumulation over B·224·224 positions in each conv backward compounds down
-        // the network; the first layer sees it most (measured ≤ 2.5e-3 relative there).
-        let tol = if key.starts_with("inc.") { 5e-3 } else { 2e-3 };
+        // Behind a training-mode BatchNorm these gradients are sums with heavy cancellation, so
+        // float32 rounding decides their small entries. The reference itself is that far from the
+        // exact values: a float64 run of bench/torch_reference.py puts the authors' own
+        // `inc.conv.weight` ~3e-3 and `up4.pixModule.bottleneck.0.weight` ~7e-3 (of the tensor's
+        // max) from float64. Those two get a tolerance of that size; every other one 2e-3.
+        let tol = if key.starts_with("inc.") || key.contains("pixModule.bottleneck") {
+            7.5e-3
+        } else {
+            2e-3
+        };
         c.check(name, &g[..n], tol);
     }
     println!("{preset}:\n{}", c.report.join("\n"));

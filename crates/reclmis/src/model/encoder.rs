@@ -8,6 +8,7 @@ use burn::tensor::ops::MaxPoolOptions;
 
 use super::init::Init;
 use super::nn::{BatchNorm, Conv2d};
+use crate::kernels;
 
 /// Conv3×3 (bias) → BatchNorm → ReLU. Keys `conv.*`, `norm.*`.
 #[derive(Module, Debug)]
@@ -25,7 +26,18 @@ impl ConvBatchNorm {
     }
 
     pub fn forward(&self, x: Tensor<4>, train: bool) -> Tensor<4> {
-        relu(self.norm.forward(self.conv.forward(x), train))
+        if !kernels::enabled(&x.device()) {
+            return relu(self.norm.forward(self.conv.forward(x), train));
+        }
+        if train {
+            return self.norm.forward_relu(self.conv.forward(x), true);
+        }
+        // Inference: the BatchNorm folded into the convolution, the ReLU in its epilogue.
+        let (w, b) = self.norm.fold_into(
+            self.conv.weight.val(),
+            self.conv.bias.as_ref().map(|b| b.val()),
+        );
+        kernels::conv(x, w, b, true)
     }
 }
 

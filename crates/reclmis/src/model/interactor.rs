@@ -2,7 +2,6 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
-use burn::tensor::activation::relu;
 
 use super::init::Init;
 use super::nn::{Attention, AttnOptions, BatchNorm, Conv1d, Conv2d, NEG_INF, dropout};
@@ -96,7 +95,7 @@ impl Interactor {
         };
         let t2 = with_text_branch.then(|| {
             let t = self.ctbn.conv.forward(t1.swap_dims(1, 2)); // [B, D, L]
-            relu(self.ctbn.norm.forward(t, train)).swap_dims(1, 2) // [B, L, D]
+            self.ctbn.norm.forward_relu(t, train).swap_dims(1, 2) // [B, L, D]
         });
         (v1, t2)
     }

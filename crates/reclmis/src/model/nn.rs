@@ -6,12 +6,13 @@
 //! inferring the mode from the device.
 
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{relu, softmax};
 use burn::tensor::module::{batch_norm, conv1d, conv2d, layer_norm};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
 
 use super::init::Init;
+use crate::kernels;
 
 /// Large negative logit used as "-inf" in attention masks: `exp` of it underflows to exactly 0,
 /// like `-inf`, without producing NaN when added to other values.
@@ -37,6 +38,18 @@ impl Conv2d {
 
     // [B, cin, H, W] -> [B, cout, H, W]
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if kernels::enabled(&x.device()) {
+            let bias = match &self.bias {
+                Some(b) => b.val(),
+                None => Tensor::zeros([self.weight.dims()[0]], &x.device()),
+            };
+            return kernels::conv(x, self.weight.val(), bias, false);
+        }
+        self.forward_burn(x)
+    }
+
+    /// burn's own convolution: the reference for our kernel, and the path on other devices.
+    pub fn forward_burn(&self, x: Tensor<4>) -> Tensor<4> {
         let k = self.weight.dims()[2];
         let p = k / 2;
         conv2d(
@@ -151,7 +164,60 @@ impl BatchNorm {
         }
     }
 
+    /// `relu(self.forward(x, train))`, fused into one pass where our kernels run.
+    pub fn forward_relu<const D: usize>(&self, x: Tensor<D>, train: bool) -> Tensor<D> {
+        if train && kernels::enabled(&x.device()) {
+            return self.forward_fast(x, true);
+        }
+        relu(self.forward(x, train))
+    }
+
+    /// The inference-mode BatchNorm folded into the convolution before it:
+    /// `(w·s, (b − μ)·s + β)` with `s = γ/√(σ² + ε)`.
+    pub fn fold_into(&self, weight: Tensor<4>, bias: Option<Tensor<1>>) -> (Tensor<4>, Tensor<1>) {
+        let c = weight.dims()[0];
+        let scale = self.weight.val() / self.running_var.value().add_scalar(BN_EPS).sqrt();
+        let bias = bias.unwrap_or_else(|| Tensor::zeros([c], &weight.device()));
+        let b = (bias - self.running_mean.value()) * scale.clone() + self.bias.val();
+        (weight * scale.reshape([c, 1, 1, 1]), b)
+    }
+
+    fn forward_fast<const D: usize>(&self, x: Tensor<D>, relu: bool) -> Tensor<D> {
+        let dims = x.dims();
+        let n: usize = dims[0] * dims[2..].iter().product::<usize>();
+        let (y, stats) = kernels::bn_train(x, self.weight.val(), self.bias.val(), BN_EPS, relu);
+        let c = dims[1];
+        let mean = stats.clone().narrow(0, 0, 1).reshape([c]);
+        let var = stats.narrow(0, 1, 1).reshape([c]);
+        self.update_running(mean, var, n);
+        y
+    }
+
+    fn update_running(&self, mean: Tensor<1>, var: Tensor<1>, n: usize) {
+        let unbiased = if n > 1 {
+            n as f64 / (n as f64 - 1.0)
+        } else {
+            1.0
+        };
+        let rm = self.running_mean.value_sync();
+        let rv = self.running_var.value_sync();
+        self.running_mean
+            .update((rm.mul_scalar(1.0 - BN_MOMENTUM) + mean.mul_scalar(BN_MOMENTUM)).detach());
+        self.running_var.update(
+            (rv.mul_scalar(1.0 - BN_MOMENTUM) + var.mul_scalar(BN_MOMENTUM * unbiased)).detach(),
+        );
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<D>, train: bool) -> Tensor<D> {
+        if train && kernels::enabled(&x.device()) {
+            return self.forward_fast(x, false);
+        }
+        self.forward_burn(x, train)
+    }
+
+    /// BatchNorm from burn's tensor ops (statistics in float64): the reference for our kernel,
+    /// and the path on other devices.
+    pub fn forward_burn<const D: usize>(&self, x: Tensor<D>, train: bool) -> Tensor<D> {
         if !train {
             return batch_norm(
                 x,
@@ -187,20 +253,9 @@ impl BatchNorm {
         let w = self.weight.val().cast(FloatDType::F64).reshape(stat_shape);
         let b = self.bias.val().cast(FloatDType::F64).reshape(stat_shape);
         let y = (xc * inv * w + b).cast(FloatDType::F32);
-        let unbiased = if n > 1 {
-            n as f64 / (n as f64 - 1.0)
-        } else {
-            1.0
-        };
         let mean = mean.detach().cast(FloatDType::F32).reshape([c]);
         let var = var.detach().cast(FloatDType::F32).reshape([c]);
-        let rm = self.running_mean.value_sync();
-        let rv = self.running_var.value_sync();
-        self.running_mean
-            .update((rm.mul_scalar(1.0 - BN_MOMENTUM) + mean.mul_scalar(BN_MOMENTUM)).detach());
-        self.running_var.update(
-            (rv.mul_scalar(1.0 - BN_MOMENTUM) + var.mul_scalar(BN_MOMENTUM * unbiased)).detach(),
-        );
+        self.update_running(mean, var, n);
         y
     }
 }

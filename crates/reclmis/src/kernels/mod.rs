@@ -1,0 +1,586 @@
+//! Our own CPU kernels for the model's hot block (conv → BatchNorm → ReLU), plugged into burn as a
+//! backend extension of flex and of its autodiff wrapper, with hand-written backward passes.
+//!
+//! burn-flex's convolution backward runs the weight gradient as a skinny gemm and the input
+//! gradient as a scalar scatter-add, and its training BatchNorm is a chain of unfused passes; the
+//! kernels in [`cpu`] do each of these as one threaded pass or one well-shaped gemm. Other devices
+//! (CUDA) and `RECLMIS_KERNELS=burn` keep burn's own ops, which are also the reference the tests
+//! compare against.
+
+pub mod cpu;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, DispatchDevice, Flex, TensorMetadata, backend_extension};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use cpu::ConvShape;
+
+/// Which implementation the conv/BatchNorm blocks use on a CPU device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelChoice {
+    /// Ours ([`cpu`]); the default.
+    Ours,
+    /// burn's generic ops (the reference; also what non-CPU devices always use).
+    Burn,
+}
+
+// 0 = not read yet, 1 = ours, 2 = burn.
+static CHOICE: AtomicU8 = AtomicU8::new(0);
+
+/// The current choice: set by [`set_kernels`], else `RECLMIS_KERNELS=burn|ours`, else ours.
+pub fn kernels() -> KernelChoice {
+    match CHOICE.load(Ordering::Relaxed) {
+        1 => KernelChoice::Ours,
+        2 => KernelChoice::Burn,
+        _ => {
+            let choice = match std::env::var("RECLMIS_KERNELS").as_deref() {
+                Ok("burn") => KernelChoice::Burn,
+                _ => KernelChoice::Ours,
+            };
+            set_kernels(choice);
+            choice
+        }
+    }
+}
+
+/// Process-wide switch, used by `bench` to time both implementations in one run.
+pub fn set_kernels(choice: KernelChoice) {
+    let v = match choice {
+        KernelChoice::Ours => 1,
+        KernelChoice::Burn => 2,
+    };
+    CHOICE.store(v, Ordering::Relaxed);
+}
+
+/// Whether tensors on `device` go through our kernels.
+pub fn enabled(device: &Device) -> bool {
+    kernels() == KernelChoice::Ours
+        && matches!(
+            device.as_dispatch().clone().inner(),
+            DispatchDevice::Flex(_)
+        )
+}
+
+#[backend_extension(Flex, Autodiff)]
+pub trait FastOps: burn::backend::Backend {
+    /// Same-size convolution (odd square kernel, stride 1, zero padding k/2) with bias, and a
+    /// ReLU epilogue when `relu`.
+    fn fast_conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self>;
+
+    /// Training-mode BatchNorm over axis 1 of `[B, C, …]` (batch statistics, biased variance),
+    /// then ReLU when `relu`. Returns the output and `[2, C]`: batch mean and biased variance.
+    fn fast_bn_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+fn contiguous_f32(t: FlexTensor) -> FlexTensor {
+    assert_eq!(t.dtype(), DType::F32, "reclmis kernels work on float32");
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn data(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("contiguous float32 tensor (made so by contiguous_f32)")
+}
+
+fn flex(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn conv_shape(x: &FlexTensor, w: &FlexTensor) -> ConvShape {
+    let [b, cin, h, wd] = x.shape().dims::<4>();
+    let [cout, wcin, k, k2] = w.shape().dims::<4>();
+    assert!(
+        wcin == cin && k == k2 && k % 2 == 1,
+        "fast_conv: input {:?} and weight {:?} do not make a same-size convolution",
+        x.shape(),
+        w.shape()
+    );
+    ConvShape {
+        b,
+        cin,
+        cout,
+        h,
+        w: wd,
+        k,
+    }
+}
+
+fn conv_forward(x: &FlexTensor, w: &FlexTensor, bias: &FlexTensor, relu: bool) -> FlexTensor {
+    let s = conv_shape(x, w);
+    let mut out = vec![0.0f32; s.b * s.cout * s.h * s.w];
+    cpu::conv_forward(data(x), data(w), Some(data(bias)), s, relu, &mut out);
+    flex(out, vec![s.b, s.cout, s.h, s.w])
+}
+
+/// `x` viewed as `[b, c, n]`.
+fn bn_dims(x: &FlexTensor) -> (usize, usize, usize) {
+    let dims = x.shape();
+    let dims = dims.as_slice();
+    assert!(dims.len() >= 2, "fast_bn_train needs [B, C, …]");
+    (dims[0], dims[1], dims[2..].iter().product())
+}
+
+struct BnForward {
+    y: FlexTensor,
+    mean: Vec<f64>,
+    var: Vec<f64>,
+}
+
+fn bn_forward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    eps: f64,
+    relu: bool,
+) -> BnForward {
+    let (b, c, n) = bn_dims(x);
+    let mut y = vec![0.0f32; b * c * n];
+    let mut mean = vec![0.0f64; c];
+    let mut var = vec![0.0f64; c];
+    cpu::bn_train_forward(
+        data(x),
+        data(gamma),
+        data(beta),
+        b,
+        c,
+        n,
+        eps,
+        relu,
+        &mut y,
+        &mut mean,
+        &mut var,
+    );
+    BnForward {
+        y: flex(y, x.shape().as_slice().to_vec()),
+        mean,
+        var,
+    }
+}
+
+fn bn_stats(mean: &[f64], var: &[f64]) -> FlexTensor {
+    let c = mean.len();
+    let v: Vec<f32> = mean.iter().chain(var).map(|&v| v as f32).collect();
+    flex(v, vec![2, c])
+}
+
+impl FastOps for Flex {
+    fn fast_conv(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, relu: bool) -> FlexTensor {
+        let (x, weight, bias) = (
+            contiguous_f32(x),
+            contiguous_f32(weight),
+            contiguous_f32(bias),
+        );
+        conv_forward(&x, &weight, &bias, relu)
+    }
+
+    fn fast_bn_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        eps: f64,
+        relu: bool,
+    ) -> (FlexTensor, FlexTensor) {
+        let (x, gamma, beta) = (
+            contiguous_f32(x),
+            contiguous_f32(gamma),
+            contiguous_f32(beta),
+        );
+        let f = bn_forward(&x, &gamma, &beta, eps, relu);
+        let stats = bn_stats(&f.mean, &f.var);
+        (f.y, stats)
+    }
+}
+
+/// Zeroes `dy` where the ReLU output was not positive.
+fn relu_mask(dy: &mut [f32], y: &[f32]) {
+    for (g, &v) in dy.iter_mut().zip(y) {
+        if v <= 0.0 {
+            *g = 0.0;
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ConvState {
+    x: FlexTensor,
+    weight: FlexTensor,
+    /// The output, kept only when a ReLU was applied (its mask gates the gradient).
+    y: Option<FlexTensor>,
+    shape: ConvShape,
+}
+
+#[derive(Debug)]
+struct ConvBackward;
+
+impl Backward<Flex, 3> for ConvBackward {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<ConvState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let st = ops.state;
+        let s = st.shape;
+        let dy = contiguous_f32(grads.consume::<Flex>(&ops.node));
+        let dy: std::borrow::Cow<'_, [f32]> = match &st.y {
+            Some(y) => {
+                let mut g = data(&dy).to_vec();
+                relu_mask(&mut g, data(y));
+                g.into()
+            }
+            None => data(&dy).into(),
+        };
+        if let Some(node) = node_x {
+            let mut dx = vec![0.0f32; s.b * s.cin * s.h * s.w];
+            cpu::conv_input_grad(&dy, data(&st.weight), s, &mut dx);
+            grads.register::<Flex>(node.id, flex(dx, vec![s.b, s.cin, s.h, s.w]));
+        }
+        if node_w.is_some() || node_b.is_some() {
+            let mut dw = vec![0.0f32; s.cout * s.cin * s.k * s.k];
+            let mut db = vec![0.0f32; s.cout];
+            cpu::conv_weight_grad(data(&st.x), &dy, s, &mut dw, Some(&mut db));
+            if let Some(node) = node_w {
+                grads.register::<Flex>(node.id, flex(dw, vec![s.cout, s.cin, s.k, s.k]));
+            }
+            if let Some(node) = node_b {
+                grads.register::<Flex>(node.id, flex(db, vec![s.cout]));
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct BnState {
+    x: FlexTensor,
+    y: Option<FlexTensor>,
+    gamma: FlexTensor,
+    mean: Arc<Vec<f64>>,
+    var: Arc<Vec<f64>>,
+    eps: f64,
+}
+
+#[derive(Debug)]
+struct BnBackward;
+
+impl Backward<Flex, 3> for BnBackward {
+    type State = BnState;
+
+    fn backward(self, ops: Ops<BnState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_g, node_b] = ops.parents;
+        let st = ops.state;
+        let (b, c, n) = bn_dims(&st.x);
+        let dy = contiguous_f32(grads.consume::<Flex>(&ops.node));
+        let (mut dx, mut dg, mut db) = (vec![0.0f32; b * c * n], vec![0.0f32; c], vec![0.0f32; c]);
+        let relu = st.y.is_some();
+        let y = st.y.as_ref().map_or(&[][..], data);
+        cpu::bn_train_backward(
+            data(&dy),
+            data(&st.x),
+            y,
+            data(&st.gamma),
+            &st.mean,
+            &st.var,
+            b,
+            c,
+            n,
+            st.eps,
+            relu,
+            &mut dx,
+            &mut dg,
+            &mut db,
+        );
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, flex(dx, st.x.shape().as_slice().to_vec()));
+        }
+        if let Some(node) = node_g {
+            grads.register::<Flex>(node.id, flex(dg, vec![c]));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(node.id, flex(db, vec![c]));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
+    fn fast_conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let xp = contiguous_f32(x.primitive().clone());
+        let wp = contiguous_f32(weight.primitive().clone());
+        let bp = contiguous_f32(bias.primitive().clone());
+        let y = conv_forward(&xp, &wp, &bp, relu);
+        match ConvBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let shape = conv_shape(&xp, &wp);
+                let state = ConvState {
+                    x: xp,
+                    weight: wp,
+                    y: relu.then(|| y.clone()),
+                    shape,
+                };
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn fast_bn_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let xp = contiguous_f32(x.primitive().clone());
+        let gp = contiguous_f32(gamma.primitive().clone());
+        let bp = contiguous_f32(beta.primitive().clone());
+        let f = bn_forward(&xp, &gp, &bp, eps, relu);
+        let stats = FloatTensor::<Self>::new(bn_stats(&f.mean, &f.var));
+        let y = match BnBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = BnState {
+                    x: xp,
+                    y: relu.then(|| f.y.clone()),
+                    gamma: gp,
+                    mean: Arc::new(f.mean),
+                    var: Arc::new(f.var),
+                    eps,
+                };
+                prep.finish(state, f.y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(f.y),
+        };
+        (y, stats)
+    }
+}
+
+/// Same-size convolution with bias through our kernels (`relu` fuses a ReLU).
+pub fn conv(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, relu: bool) -> Tensor<4> {
+    let out = <burn::backend::Dispatch as FastOps>::fast_conv(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        relu,
+    );
+    Tensor::from_dispatch(out)
+}
+
+/// Training BatchNorm (+ ReLU) through our kernels: the output and the `[2, C]` batch statistics
+/// (mean, biased variance), detached.
+pub fn bn_train<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    eps: f64,
+    relu: bool,
+) -> (Tensor<D>, Tensor<2>) {
+    let (y, stats) = <burn::backend::Dispatch as FastOps>::fast_bn_train(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        eps,
+        relu,
+    );
+    (Tensor::from_dispatch(y), Tensor::from_dispatch(stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Gradients;
+
+    use super::*;
+    use crate::model::encoder::ConvBatchNorm;
+    use crate::model::init::Init;
+    use crate::model::nn::{BatchNorm, Conv2d};
+
+    fn device() -> Device {
+        Device::flex().autodiff()
+    }
+
+    fn random<const D: usize>(init: &mut Init, shape: [usize; D]) -> Tensor<D> {
+        init.uniform(shape, 1.0).val()
+    }
+
+    fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+        t.clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("float32 tensor")
+    }
+
+    /// Max abs difference relative to the reference's max abs value.
+    fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
+        assert_eq!(ours.len(), reference.len());
+        let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+        let diff = ours
+            .iter()
+            .zip(reference)
+            .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
+        diff / scale.max(1e-30)
+    }
+
+    fn grad<const D: usize>(t: &Tensor<D>, grads: &Gradients) -> Vec<f32> {
+        let g = t.grad(grads).expect("tensor has a gradient");
+        g.into_data().try_to_vec::<f32>().expect("float32 gradient")
+    }
+
+    #[test]
+    fn conv_matches_burn_forward_and_gradients() {
+        for (i, &(b, cin, cout, h, w, k, bias)) in [
+            (2, 3, 5, 7, 9, 3, true),
+            (2, 4, 3, 6, 5, 1, false),
+            (1, 3, 2, 5, 6, 5, true),
+            (2, 16, 8, 12, 12, 3, true),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut init = Init::new(40 + i as u64, &device());
+            let conv = Conv2d::new(cin, cout, k, bias, &mut init);
+            let x = random(&mut init, [b, cin, h, w]).require_grad();
+            let r = random(&mut init, [b, cout, h, w]);
+            let run = |y: Tensor<4>| {
+                let grads = (y.clone() * r.clone()).sum().backward();
+                let mut out = vec![host(&y), grad(&x, &grads), grad(&conv.weight.val(), &grads)];
+                if let Some(bias) = &conv.bias {
+                    out.push(grad(&bias.val(), &grads));
+                }
+                out
+            };
+            let ours = run(conv.forward(x.clone()));
+            let reference = run(conv.forward_burn(x.clone()));
+            for (j, (o, r)) in ours.iter().zip(&reference).enumerate() {
+                let e = rel_err(o, r);
+                assert!(
+                    e <= 1e-5,
+                    "case {i}, tensor {j} (y, dx, dw, db): rel err {e:.2e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn batch_norm_train_matches_burn_with_and_without_relu() {
+        for (i, &(b, c, h, w, relu)) in
+            [(2, 3, 5, 7, true), (3, 4, 1, 11, false), (2, 6, 8, 8, true)]
+                .iter()
+                .enumerate()
+        {
+            let mut init = Init::new(60 + i as u64, &device());
+            let ours_bn = BatchNorm::new(c, &mut init);
+            let ref_bn = BatchNorm::new(c, &mut init);
+            let gamma = random(&mut init, [c]);
+            let beta = random(&mut init, [c]);
+            let x = random(&mut init, [b, c, h, w])
+                .mul_scalar(3.0)
+                .add_scalar(0.5)
+                .detach()
+                .require_grad();
+            let r = random(&mut init, [b, c, h, w]);
+            // Same affine parameters in both modules.
+            let ours_bn = BatchNorm {
+                weight: burn::module::Param::from_tensor(gamma.clone()),
+                bias: burn::module::Param::from_tensor(beta.clone()),
+                ..ours_bn
+            };
+            let ref_bn = BatchNorm {
+                weight: burn::module::Param::from_tensor(gamma),
+                bias: burn::module::Param::from_tensor(beta),
+                ..ref_bn
+            };
+            let run = |bn: &BatchNorm, y: Tensor<4>| {
+                let grads = (y.clone() * r.clone()).sum().backward();
+                vec![
+                    host(&y),
+                    grad(&x, &grads),
+                    grad(&bn.weight.val(), &grads),
+                    grad(&bn.bias.val(), &grads),
+                    host(&bn.running_mean.value()),
+                    host(&bn.running_var.value()),
+                ]
+            };
+            let y_ours = if relu {
+                ours_bn.forward_relu(x.clone(), true)
+            } else {
+                ours_bn.forward(x.clone(), true)
+            };
+            let mut y_ref = ref_bn.forward_burn(x.clone(), true);
+            if relu {
+                y_ref = burn::tensor::activation::relu(y_ref);
+            }
+            let ours = run(&ours_bn, y_ours);
+            let reference = run(&ref_bn, y_ref);
+            for (j, (o, r)) in ours.iter().zip(&reference).enumerate() {
+                let e = rel_err(o, r);
+                assert!(
+                    e <= 1e-5,
+                    "case {i}, tensor {j} (y, dx, dγ, dβ, running mean, running var): rel err {e:.2e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn batch_norm_1d_over_tokens_matches_burn() {
+        let mut init = Init::new(70, &device());
+        let bn = BatchNorm::new(5, &mut init);
+        let x = random(&mut init, [3, 5, 10]).require_grad();
+        let r = random(&mut init, [3, 5, 10]);
+        let ours = bn.forward_relu(x.clone(), true);
+        let reference = burn::tensor::activation::relu(bn.forward_burn(x.clone(), true));
+        let g_ours = grad(&x, &(ours.clone() * r.clone()).sum().backward());
+        let g_ref = grad(&x, &(reference.clone() * r).sum().backward());
+        assert!(rel_err(&host(&ours), &host(&reference)) <= 1e-5);
+        assert!(rel_err(&g_ours, &g_ref) <= 1e-5);
+    }
+
+    #[test]
+    fn folded_inference_block_matches_conv_then_batch_norm() {
+        let mut init = Init::new(80, &Device::flex());
+        let mut block = ConvBatchNorm::new(4, 6, &mut init);
+        // Non-trivial running statistics, as after training.
+        block.norm.running_mean = burn::module::RunningState::new(random(&mut init, [6]));
+        block.norm.running_var =
+            burn::module::RunningState::new(random(&mut init, [6]).abs().add_scalar(0.2));
+        let x = random(&mut init, [2, 4, 9, 9]);
+        let ours = block.forward(x.clone(), false);
+        let reference = burn::tensor::activation::relu(
+            block.norm.forward_burn(block.conv.forward_burn(x), false),
+        );
+        let e = rel_err(&host(&ours), &host(&reference));
+        assert!(e <= 1e-5, "folded conv+BN+ReLU: rel err {e:.2e}");
+        assert!(enabled(&Device::flex()));
+    }
+}
