@@ -2,7 +2,8 @@
 # Times the paper configuration (224 px, base 64, batch 4, all five losses, Adam) in reclmis and
 # in the PyTorch reference bench/torch_reference.py (fp32, then bf16 autocast), back to back with
 # the same thread count, records the three JSON files under bench/results/compare-<stamp>/ and
-# prints torch/reclmis for every time and the peak memory (above 1: reclmis is faster / smaller).
+# prints torch/reclmis for every time and the peak memory (above 1: reclmis is faster / smaller),
+# for reclmis in fp32 and with --precision bf16.
 #
 # Usage: bench/compare.sh [THREADS] [STEPS]      (defaults 2 and 3)
 #   PYTHON   interpreter that can import torch and numpy (default python3)
@@ -36,6 +37,8 @@ dir="bench/results/compare-$(date -u +%Y%m%d-%H%M%S)-t${threads}"
 mkdir -p "$dir"
 echo "reclmis bench (threads $threads, steps $steps)..." >&2
 "${ours[@]}" --threads "$threads" bench --json --steps "$steps" >"$dir/reclmis.json"
+echo "reclmis bench, --precision bf16..." >&2
+"${ours[@]}" --threads "$threads" --precision bf16 bench --json --steps "$steps" >"$dir/reclmis-bf16.json"
 echo "pytorch fp32..." >&2
 "$py" bench/torch_reference.py --bench --threads "$threads" --steps "$steps" --json >"$dir/torch-fp32.json"
 echo "pytorch bf16..." >&2
@@ -45,21 +48,19 @@ echo "pytorch bf16..." >&2
 import json, sys
 from pathlib import Path
 d = Path(sys.argv[1])
-ours = json.loads((d / "reclmis.json").read_text())
-runs = [(f"{r['backend']} {r['precision']}", r) for r in
-        (json.loads((d / f).read_text()) for f in ("torch-fp32.json", "torch-bf16.json"))]
-print(f"threads {ours['threads']} (reclmis) / {', '.join(str(r['threads']) for _, r in runs)} (torch)")
-label = f"{ours['backend']} {ours['precision']}" + (f" ({ours['kernels']} kernels)" if "kernels" in ours else "")
-w = max(24, len(label))
-head = f"{'':<14} {label:>{w}}"
-for name, _ in runs:
-    head += f" {name:>28} {'ratio':>6}"
-print(head)
+load = lambda f: json.loads((d / f).read_text())
+ours, ours16, tf32, tbf16 = (load(f) for f in
+                             ("reclmis.json", "reclmis-bf16.json", "torch-fp32.json", "torch-bf16.json"))
+print(f"threads: reclmis {ours['threads']}, torch {tf32['threads']}; {ours['backend']}, "
+      f"{ours.get('kernels', '?')} kernels; {tf32['backend']}")
+print(f"reclmis bf16 run: {ours16['precision']}")
+cols = [("reclmis fp32", ours), ("reclmis bf16", ours16), ("torch fp32", tf32), ("torch bf16", tbf16)]
+print(f"{'':<14}" + "".join(f"{n:>14}" for n, _ in cols)
+      + f"{'tf32/ours32':>13}{'tf32/ours16':>13}{'tbf16/ours16':>14}")
 for key in ("train_step_s", "infer_b1_s", "infer_b4_s", "peak_rss_mb"):
-    line = f"{key:<14} {ours[key]:>{w}.3f}"
-    for _, r in runs:
-        line += f" {r[key]:>28.3f} {r[key] / ours[key]:>6.2f}"
-    print(line)
-print("ratio = torch / reclmis: above 1 means reclmis is faster (or uses less memory)")
+    print(f"{key:<14}" + "".join(f"{r[key]:>14.3f}" for _, r in cols)
+          + f"{tf32[key] / ours[key]:>13.2f}{tf32[key] / ours16[key]:>13.2f}"
+          + f"{tbf16[key] / ours16[key]:>14.2f}")
+print("ratios: torch / reclmis; above 1 means reclmis is faster (or uses less memory)")
 EOF
 echo "recorded $dir" >&2

@@ -38,8 +38,19 @@ struct Cli {
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
 
+    /// Arithmetic of the convolutions on a CPU: fp32, or bf16 operands with fp32 accumulation
+    /// (needs AVX-512 BF16; elsewhere it falls back to fp32 and says so)
+    #[arg(long, global = true, value_enum, default_value_t = Precision::Fp32)]
+    precision: Precision,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Precision {
+    Fp32,
+    Bf16,
 }
 
 #[derive(Subcommand)]
@@ -125,6 +136,11 @@ fn main() -> ExitCode {
         // SAFETY: nothing else runs yet (no thread has been started, rayon's pool is built
         // lazily on first use), so no one reads the environment concurrently.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+    if cli.precision == Precision::Bf16
+        && reclmis::kernels::set_precision(reclmis::kernels::Precision::Bf16).is_err()
+    {
+        eprintln!("note: this CPU lacks AVX-512 BF16, so --precision bf16 falls back to fp32");
     }
     let json = match &cli.command {
         Command::Inspect(a) => a.json,

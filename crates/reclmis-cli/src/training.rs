@@ -37,6 +37,9 @@ pub struct DemoArgs {
     /// The paper's setting instead of the demo's default `clean` one (reclmis.md §7)
     #[arg(long)]
     pub paper: bool,
+    /// Most lesions per phantom, 1–4 (default 4)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=4))]
+    pub max_lesions: Option<u8>,
 }
 
 #[derive(Args)]
@@ -256,6 +259,9 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
     }
     if args.paper {
         cfg.clean = false;
+    }
+    if let Some(n) = args.max_lesions {
+        cfg.max_lesions = n.into();
     }
     create_dir(&args.out)?;
     eprintln!(

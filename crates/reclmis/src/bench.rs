@@ -151,7 +151,7 @@ pub fn run(bc: &BenchConfig, on_progress: &mut dyn FnMut(&str)) -> BenchResult {
         peak_rss_mb: peak_rss_mb(),
         backend: "burn-flex (CPU)".into(),
         threads: rayon::current_num_threads(),
-        precision: "fp32".into(),
+        precision: crate::kernels::precision_label(),
         kernels: match crate::kernels::kernels() {
             crate::kernels::KernelChoice::Ours => "ours".into(),
             crate::kernels::KernelChoice::Burn => "burn".into(),

@@ -33,6 +33,11 @@ pub struct DemoConfig {
     pub n_examples: usize,
     /// The `clean` setting instead of the paper's.
     pub clean: bool,
+    /// Most lesions per phantom (1–4; fewer lesions leave more room for distractors, so reading
+    /// the note pays off sooner).
+    pub max_lesions: usize,
+    /// Most distractors per phantom (1–3).
+    pub max_distractors: usize,
 }
 
 impl Default for DemoConfig {
@@ -55,6 +60,8 @@ impl Default for DemoConfig {
             lr: 1e-3,
             n_examples: 6,
             clean: true,
+            max_lesions: SynthConfig::default().max_lesions,
+            max_distractors: SynthConfig::default().max_distractors,
         }
     }
 }
@@ -90,7 +97,8 @@ impl DemoConfig {
         SynthConfig {
             size: self.image_size,
             seed: self.seed,
-            ..Default::default()
+            max_lesions: self.max_lesions,
+            max_distractors: self.max_distractors,
         }
     }
 }
@@ -110,6 +118,9 @@ pub struct DemoReport {
     pub text_encoder: String,
     pub parity: String,
     pub threads: usize,
+    /// `fp32`, or `bf16` convolutions (`--precision bf16`).
+    #[serde(default)]
+    pub precision: String,
     pub demo: DemoConfig,
     pub train: TrainConfig,
     pub history: Vec<EpochMetrics>,
@@ -165,6 +176,7 @@ pub fn run(
         text_encoder: tc.model.text_encoder.kind().to_string(),
         parity: format!("{:?}", tc.model.parity).to_lowercase(),
         threads: rayon::current_num_threads(),
+        precision: crate::kernels::precision_label(),
         demo: cfg.clone(),
         train: tc,
         history: trainer.history.clone(),

@@ -567,6 +567,7 @@ fn render_html(r: &DemoReport, facts: &RunFacts, rows: &[ExampleRow]) -> String 
             format!("{} ({} layers)", r.text_encoder, text_layers),
         ),
         ("Parity", parity),
+        ("Convolutions", r.precision.clone()),
         (
             "Data",
             format!(

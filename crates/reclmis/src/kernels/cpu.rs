@@ -26,16 +26,16 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
-    fn hw(&self) -> usize {
+    pub(crate) fn hw(&self) -> usize {
         self.h * self.w
     }
 
     /// Rows of the im2col matrix (the gemm reduction length of the forward pass).
-    fn kk(&self) -> usize {
+    pub(crate) fn kk(&self) -> usize {
         self.cin * self.k * self.k
     }
 
-    fn check(&self) {
+    pub(crate) fn check(&self) {
         assert!(
             self.k % 2 == 1,
             "conv kernel size must be odd, got {}",
@@ -55,21 +55,21 @@ const SHARED_DW_ELEMS: usize = 1 << 21;
 
 /// A raw pointer that rayon tasks may share; every use writes a region no other task touches.
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
 // SAFETY: only used to hand disjoint output regions to threads (see each use).
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
 /// One image's output rows `rows`.
 #[derive(Clone, Debug)]
-struct Tile {
-    img: usize,
-    rows: Range<usize>,
+pub(crate) struct Tile {
+    pub(crate) img: usize,
+    pub(crate) rows: Range<usize>,
 }
 
 /// Row tiles over all images: about [`COL_BUDGET`] of im2col each, equal within an image, and
 /// a multiple of the thread count where the shape allows, so static shares balance.
-fn plan_tiles(s: &ConvShape, col_rows: usize, threads: usize) -> Vec<Tile> {
+pub(crate) fn plan_tiles(s: &ConvShape, col_rows: usize, threads: usize) -> Vec<Tile> {
     if s.b == 0 || s.h == 0 || s.w == 0 {
         return Vec::new();
     }
@@ -91,7 +91,7 @@ fn plan_tiles(s: &ConvShape, col_rows: usize, threads: usize) -> Vec<Tile> {
 }
 
 /// Contiguous share of `n` items for thread `t` of `threads`.
-fn share(n: usize, t: usize, threads: usize) -> Range<usize> {
+pub(crate) fn share(n: usize, t: usize, threads: usize) -> Range<usize> {
     (n * t / threads)..(n * (t + 1) / threads)
 }
 
@@ -414,7 +414,7 @@ fn widen(v: &[f32]) -> [f64; LANES] {
 }
 
 /// Σ v in f64.
-fn sum_f64(v: &[f32]) -> f64 {
+pub(crate) fn sum_f64(v: &[f32]) -> f64 {
     let mut acc = [0.0f64; LANES];
     let chunks = v.chunks_exact(LANES);
     let tail: f64 = chunks.remainder().iter().map(|&x| x as f64).sum();
@@ -663,6 +663,71 @@ fn plain_grad_sums(g: &[f32], x: &[f32], m: f64) -> (f64, f64) {
         }
     }
     (sg.iter().sum::<f64>() + tg, sgx.iter().sum::<f64>() + tgx)
+}
+
+/// 2×2 max pooling with stride 2 over `planes` planes of `h × w` (odd edges dropped, as
+/// PyTorch's floor mode does). `idx` records which of the four inputs won (0..4, row-major; the
+/// first maximum on ties), for the backward pass.
+pub fn maxpool2_forward(
+    x: &[f32],
+    planes: usize,
+    h: usize,
+    w: usize,
+    y: &mut [f32],
+    idx: &mut [u8],
+) {
+    let (ho, wo) = (h / 2, w / 2);
+    assert_eq!(x.len(), planes * h * w, "maxpool input length");
+    assert_eq!(y.len(), planes * ho * wo, "maxpool output length");
+    assert_eq!(idx.len(), y.len(), "maxpool index length");
+    if ho * wo == 0 {
+        return;
+    }
+    y.par_chunks_mut(ho * wo)
+        .zip(idx.par_chunks_mut(ho * wo))
+        .enumerate()
+        .for_each(|(p, (yp, ip))| {
+            let xp = &x[p * h * w..(p + 1) * h * w];
+            for i in 0..ho {
+                let (r0, r1) = (&xp[2 * i * w..], &xp[(2 * i + 1) * w..]);
+                for j in 0..wo {
+                    let cand = [r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]];
+                    let mut best = 0;
+                    for (k, &v) in cand.iter().enumerate().skip(1) {
+                        if v > cand[best] {
+                            best = k;
+                        }
+                    }
+                    yp[i * wo + j] = cand[best];
+                    ip[i * wo + j] = best as u8;
+                }
+            }
+        });
+}
+
+/// Gradient of [`maxpool2_forward`]: each output's gradient goes to the input that won.
+pub fn maxpool2_backward(
+    dy: &[f32],
+    idx: &[u8],
+    planes: usize,
+    h: usize,
+    w: usize,
+    dx: &mut [f32],
+) {
+    let (ho, wo) = (h / 2, w / 2);
+    assert_eq!(dx.len(), planes * h * w, "maxpool input-grad length");
+    assert_eq!(dy.len(), planes * ho * wo, "maxpool output-grad length");
+    assert_eq!(idx.len(), dy.len(), "maxpool index length");
+    dx.par_chunks_mut(h * w).enumerate().for_each(|(p, dxp)| {
+        dxp.fill(0.0);
+        let (dyp, ip) = (&dy[p * ho * wo..], &idx[p * ho * wo..]);
+        for i in 0..ho {
+            for j in 0..wo {
+                let k = ip[i * wo + j] as usize;
+                dxp[(2 * i + k / 2) * w + 2 * j + k % 2] = dyp[i * wo + j];
+            }
+        }
+    });
 }
 
 #[cfg(test)]

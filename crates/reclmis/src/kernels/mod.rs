@@ -7,6 +7,7 @@
 //! (CUDA) and `RECLMIS_KERNELS=burn` keep burn's own ops, which are also the reference the tests
 //! compare against.
 
+pub mod bf16;
 pub mod cpu;
 
 use std::sync::Arc;
@@ -60,6 +61,45 @@ pub fn set_kernels(choice: KernelChoice) {
     CHOICE.store(v, Ordering::Relaxed);
 }
 
+/// Arithmetic of our convolutions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    /// Operands rounded to bf16, products accumulated in fp32 (AVX-512 BF16 dot products).
+    /// BatchNorm, the other layers, the master weights and the optimiser stay fp32.
+    Bf16,
+}
+
+// 0 = fp32, 1 = bf16.
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+/// Selects the convolutions' arithmetic for the process. Asking for bf16 on a CPU without
+/// AVX-512 BF16 keeps fp32 and returns an error saying so.
+pub fn set_precision(p: Precision) -> Result<(), String> {
+    if p == Precision::Bf16 && !bf16::bf16_supported() {
+        PRECISION.store(0, Ordering::Relaxed);
+        return Err("this CPU lacks AVX-512 BF16; the convolutions stay fp32".into());
+    }
+    PRECISION.store(u8::from(p == Precision::Bf16), Ordering::Relaxed);
+    Ok(())
+}
+
+pub fn precision() -> Precision {
+    if PRECISION.load(Ordering::Relaxed) == 1 {
+        Precision::Bf16
+    } else {
+        Precision::Fp32
+    }
+}
+
+/// What the convolutions run as, for reports: `fp32`, or bf16 where our kernels do the work.
+pub fn precision_label() -> String {
+    match (kernels(), precision()) {
+        (KernelChoice::Ours, Precision::Bf16) => "bf16 operands, fp32 accumulation".into(),
+        _ => "fp32".into(),
+    }
+}
+
 /// Whether tensors on `device` go through our kernels.
 pub fn enabled(device: &Device) -> bool {
     kernels() == KernelChoice::Ours
@@ -89,6 +129,9 @@ pub trait FastOps: burn::backend::Backend {
         eps: f64,
         relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// 2×2 max pooling, stride 2, over `[B, C, H, W]`.
+    fn fast_maxpool2(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 fn contiguous_f32(t: FlexTensor) -> FlexTensor {
@@ -131,7 +174,12 @@ fn conv_shape(x: &FlexTensor, w: &FlexTensor) -> ConvShape {
 fn conv_forward(x: &FlexTensor, w: &FlexTensor, bias: &FlexTensor, relu: bool) -> FlexTensor {
     let s = conv_shape(x, w);
     let mut out = vec![0.0f32; s.b * s.cout * s.h * s.w];
-    cpu::conv_forward(data(x), data(w), Some(data(bias)), s, relu, &mut out);
+    match precision() {
+        Precision::Fp32 => cpu::conv_forward(data(x), data(w), Some(data(bias)), s, relu, &mut out),
+        Precision::Bf16 => {
+            bf16::conv_forward_bf16(data(x), data(w), Some(data(bias)), s, relu, &mut out)
+        }
+    }
     flex(out, vec![s.b, s.cout, s.h, s.w])
 }
 
@@ -186,7 +234,19 @@ fn bn_stats(mean: &[f64], var: &[f64]) -> FlexTensor {
     flex(v, vec![2, c])
 }
 
+fn maxpool_forward(x: &FlexTensor) -> (FlexTensor, Vec<u8>) {
+    let [b, c, h, w] = x.shape().dims::<4>();
+    let n = b * c * (h / 2) * (w / 2);
+    let (mut y, mut idx) = (vec![0.0f32; n], vec![0u8; n]);
+    cpu::maxpool2_forward(data(x), b * c, h, w, &mut y, &mut idx);
+    (flex(y, vec![b, c, h / 2, w / 2]), idx)
+}
+
 impl FastOps for Flex {
+    fn fast_maxpool2(x: FlexTensor) -> FlexTensor {
+        maxpool_forward(&contiguous_f32(x)).0
+    }
+
     fn fast_conv(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, relu: bool) -> FlexTensor {
         let (x, weight, bias) = (
             contiguous_f32(x),
@@ -230,6 +290,8 @@ struct ConvState {
     /// The output, kept only when a ReLU was applied (its mask gates the gradient).
     y: Option<FlexTensor>,
     shape: ConvShape,
+    /// The forward's precision, so a switch between forward and backward cannot mix them.
+    precision: Precision,
 }
 
 #[derive(Debug)]
@@ -253,13 +315,23 @@ impl Backward<Flex, 3> for ConvBackward {
         };
         if let Some(node) = node_x {
             let mut dx = vec![0.0f32; s.b * s.cin * s.h * s.w];
-            cpu::conv_input_grad(&dy, data(&st.weight), s, &mut dx);
+            match st.precision {
+                Precision::Fp32 => cpu::conv_input_grad(&dy, data(&st.weight), s, &mut dx),
+                Precision::Bf16 => bf16::conv_input_grad_bf16(&dy, data(&st.weight), s, &mut dx),
+            }
             grads.register::<Flex>(node.id, flex(dx, vec![s.b, s.cin, s.h, s.w]));
         }
         if node_w.is_some() || node_b.is_some() {
             let mut dw = vec![0.0f32; s.cout * s.cin * s.k * s.k];
             let mut db = vec![0.0f32; s.cout];
-            cpu::conv_weight_grad(data(&st.x), &dy, s, &mut dw, Some(&mut db));
+            match st.precision {
+                Precision::Fp32 => {
+                    cpu::conv_weight_grad(data(&st.x), &dy, s, &mut dw, Some(&mut db))
+                }
+                Precision::Bf16 => {
+                    bf16::conv_weight_grad_bf16(data(&st.x), &dy, s, &mut dw, Some(&mut db))
+                }
+            }
             if let Some(node) = node_w {
                 grads.register::<Flex>(node.id, flex(dw, vec![s.cout, s.cin, s.k, s.k]));
             }
@@ -322,7 +394,52 @@ impl Backward<Flex, 3> for BnBackward {
     }
 }
 
+#[derive(Clone, Debug)]
+struct PoolState {
+    /// `[B, C, H, W]` of the input.
+    dims: [usize; 4],
+    idx: Arc<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct PoolBackward;
+
+impl Backward<Flex, 1> for PoolBackward {
+    type State = PoolState;
+
+    fn backward(self, ops: Ops<PoolState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = contiguous_f32(grads.consume::<Flex>(&ops.node));
+        if let Some(node) = node_x {
+            let [b, c, h, w] = ops.state.dims;
+            let mut dx = vec![0.0f32; b * c * h * w];
+            cpu::maxpool2_backward(data(&dy), &ops.state.idx, b * c, h, w, &mut dx);
+            grads.register::<Flex>(node.id, flex(dx, vec![b, c, h, w]));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
+    fn fast_maxpool2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let xp = contiguous_f32(x.primitive().clone());
+        let dims = xp.shape().dims::<4>();
+        let (y, idx) = maxpool_forward(&xp);
+        match PoolBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                PoolState {
+                    dims,
+                    idx: Arc::new(idx),
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
     fn fast_conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -345,6 +462,7 @@ impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
                     weight: wp,
                     y: relu.then(|| y.clone()),
                     shape,
+                    precision: precision(),
                 };
                 prep.finish(state, y)
             }
@@ -395,6 +513,13 @@ pub fn conv(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, relu: bool) -> Ten
         relu,
     );
     Tensor::from_dispatch(out)
+}
+
+/// 2×2 max pooling with stride 2 through our kernels.
+pub fn maxpool2(x: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FastOps>::fast_maxpool2(
+        x.into_dispatch(),
+    ))
 }
 
 /// Training BatchNorm (+ ReLU) through our kernels: the output and the `[2, C]` batch statistics
@@ -564,6 +689,25 @@ mod tests {
         let g_ref = grad(&x, &(reference.clone() * r).sum().backward());
         assert!(rel_err(&host(&ours), &host(&reference)) <= 1e-5);
         assert!(rel_err(&g_ours, &g_ref) <= 1e-5);
+    }
+
+    #[test]
+    fn maxpool_matches_burn_forward_and_gradient() {
+        use burn::tensor::module::max_pool2d;
+        use burn::tensor::ops::MaxPoolOptions;
+        let mut init = Init::new(90, &device());
+        for dims in [[2, 3, 8, 10], [1, 2, 7, 9]] {
+            let x = random(&mut init, dims).require_grad();
+            let r = random(&mut init, [dims[0], dims[1], dims[2] / 2, dims[3] / 2]);
+            let run = |y: Tensor<4>| {
+                let grads = (y.clone() * r.clone()).sum().backward();
+                (host(&y), grad(&x, &grads))
+            };
+            let (y, g) = run(maxpool2(x.clone()));
+            let (y_ref, g_ref) = run(max_pool2d(x.clone(), MaxPoolOptions::new([2, 2])));
+            assert_eq!(y, y_ref, "{dims:?}: pooled values");
+            assert_eq!(g, g_ref, "{dims:?}: gradient");
+        }
     }
 
     #[test]

@@ -71,7 +71,11 @@ impl DownBlock {
 
     // [B, cin, H, W] -> [B, cout, H/2, W/2]
     pub fn forward(&self, x: Tensor<4>, train: bool) -> Tensor<4> {
-        let x = max_pool2d(x, MaxPoolOptions::new([2, 2]));
+        let x = if kernels::enabled(&x.device()) {
+            kernels::maxpool2(x)
+        } else {
+            max_pool2d(x, MaxPoolOptions::new([2, 2]))
+        };
         forward_convs(&self.n_convs, x, train)
     }
 }
