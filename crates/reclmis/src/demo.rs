@@ -118,6 +118,9 @@ pub struct DemoReport {
     pub text_encoder: String,
     pub parity: String,
     pub threads: usize,
+    /// The epoch whose weights were tested: the best validation Dice when the run was saved.
+    #[serde(default)]
+    pub evaluated_epoch: Option<usize>,
     /// `fp32`, or `bf16` convolutions (`--precision bf16`).
     #[serde(default)]
     pub precision: String,
@@ -157,6 +160,16 @@ pub fn run(
     let t_train = Instant::now();
     trainer.run(&train, &val, on)?;
     let train_seconds = t_train.elapsed().as_secs_f64();
+    // As in the authors' protocol, the test set sees the checkpoint with the best validation
+    // Dice, not the last epoch's weights.
+    let best_path = run_dir.as_ref().map(|d| d.join("best.safetensors"));
+    let evaluated_epoch = match best_path.filter(|p| p.exists()) {
+        Some(p) => {
+            trainer.model = crate::checkpoint::ours::load(&p, &device)?.model;
+            trainer.state.best_epoch
+        }
+        None => Some(trainer.state.epoch),
+    };
     let ev = |mode| evaluate(&trainer.model, &tc.model, &test, mode, cfg.seed, 32);
     let evals = [
         ev(TextMode::Given),
@@ -176,6 +189,7 @@ pub fn run(
         text_encoder: tc.model.text_encoder.kind().to_string(),
         parity: format!("{:?}", tc.model.parity).to_lowercase(),
         threads: rayon::current_num_threads(),
+        evaluated_epoch,
         precision: crate::kernels::precision_label(),
         demo: cfg.clone(),
         train: tc,

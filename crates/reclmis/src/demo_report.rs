@@ -569,6 +569,12 @@ fn render_html(r: &DemoReport, facts: &RunFacts, rows: &[ExampleRow]) -> String 
         ("Parity", parity),
         ("Convolutions", r.precision.clone()),
         (
+            "Tested weights",
+            r.evaluated_epoch.map_or("the last epoch's".into(), |e| {
+                format!("epoch {e} (best validation Dice)")
+            }),
+        ),
+        (
             "Data",
             format!(
                 "{} train, {} validation, {} test phantoms",
