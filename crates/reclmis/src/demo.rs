@@ -41,10 +41,11 @@ pub struct DemoConfig {
 }
 
 impl Default for DemoConfig {
-    /// Measured on 2 cores: the note starts to matter after ~20 epochs (the Interactor has to
-    /// learn to tie words to zones), so the demo trains 45 short epochs on 400 images at 48 px.
-    /// The `clean` setting is used: with the paper's Interactor (no residuals) the text reached
-    /// the bottleneck too weakly for a reduced model to learn it in minutes (README, "Demo").
+    /// 45 short epochs on 400 images at 48 px, about five minutes on 2 cores. The model learns
+    /// to segment every opacity within a few epochs; whether it then learns to drop the
+    /// distractors the note rules out depends on the run (README, "What the demo does": most
+    /// runs measured so far did not). The `clean` setting is used: with the paper's Interactor
+    /// (no residuals) the text reached the bottleneck too weakly for a reduced model.
     fn default() -> Self {
         Self {
             seed: 7,
