@@ -732,36 +732,13 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic values in [-1, 1) (SplitMix64), so failures reproduce.
-    fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        (0..len)
-            .map(|_| {
-                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^= z >> 31;
-                ((z >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
-            })
-            .collect()
-    }
+    use crate::kernels::test_util::{in_pools, rand_vec, rel_err};
 
     /// Round to nearest even bf16, independently of the kernels' conversion instruction.
     fn round_bf16(v: &[f32]) -> Vec<f32> {
         v.iter()
             .map(|&x| half::bf16::from_f32(x).to_f32())
             .collect()
-    }
-
-    /// Max abs difference over the reference's max abs.
-    fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-        assert_eq!(got.len(), want.len());
-        let scale = want.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
-        let diff =
-            (got.iter().zip(want)).fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
-        diff / scale.max(f64::MIN_POSITIVE)
     }
 
     const OUTPUTS: [&str; 6] = ["fwd+bias", "fwd+bias+relu", "fwd", "dx", "dw", "dbias"];
@@ -890,12 +867,6 @@ mod tests {
             w: 5,
             k: 1,
         };
-        for threads in [1, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("test thread pool builds");
-            pool.install(|| [deep, wide, tiny].into_iter().for_each(assert_shape));
-        }
+        in_pools(|| [deep, wide, tiny].into_iter().for_each(assert_shape));
     }
 }

@@ -733,32 +733,7 @@ pub fn maxpool2_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic values in [-1, 1) (SplitMix64), so failures reproduce.
-    fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        (0..len)
-            .map(|_| {
-                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^= z >> 31;
-                ((z >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
-            })
-            .collect()
-    }
-
-    /// Max abs difference over the reference's max abs.
-    fn rel_err(got: &[f32], want: &[f64]) -> f64 {
-        assert_eq!(got.len(), want.len());
-        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let diff = got
-            .iter()
-            .zip(want)
-            .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
-        diff / scale.max(f64::MIN_POSITIVE)
-    }
+    use crate::kernels::test_util::{in_pools, rand_vec, rel_err};
 
     /// Value of x at (img, ch, y, x) or 0 in the padding.
     fn at(t: &[f32], c: usize, s: &ConvShape, (i, ch, y, x): (usize, usize, isize, isize)) -> f64 {
@@ -886,13 +861,7 @@ mod tests {
         let single = ConvShape { b: 1, ..odd };
         assert!(plan_tiles(&wide, wide.kk(), 1).len() > 1);
         assert!(plan_tiles(&single, single.kk(), 3).len() < 3);
-        for threads in [1, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("test thread pool builds");
-            pool.install(|| [wide, odd, single].into_iter().for_each(assert_conv));
-        }
+        in_pools(|| [wide, odd, single].into_iter().for_each(assert_conv));
     }
 
     const EPS: f64 = 1e-5;

@@ -541,10 +541,48 @@ pub fn bn_train<const D: usize>(
     (Tensor::from_dispatch(y), Tensor::from_dispatch(stats))
 }
 
+/// Helpers shared by the kernel tests of this module, `cpu` and `bf16`.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use crate::model::init::SplitMix64;
+
+    /// Deterministic values in [-1, 1), so failures reproduce.
+    pub fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix64::new(seed);
+        (0..len)
+            .map(|_| (rng.unit_f64() * 2.0 - 1.0) as f32)
+            .collect()
+    }
+
+    /// Max abs difference over the reference's max abs.
+    pub fn rel_err<T: Copy + Into<f64>>(got: &[f32], want: &[T]) -> f64 {
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(0.0f64, |m, &v| m.max(v.into().abs()));
+        let diff = got
+            .iter()
+            .zip(want)
+            .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w.into()).abs()));
+        diff / scale.max(f64::MIN_POSITIVE)
+    }
+
+    /// Runs `f` inside rayon pools of one and of three threads, so single-threaded and
+    /// oversubscribed schedules both meet the reference.
+    pub fn in_pools(f: impl Fn() + Send + Sync) {
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("test thread pool builds");
+            pool.install(&f);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use burn::tensor::Gradients;
 
+    use super::test_util::rel_err;
     use super::*;
     use crate::model::encoder::ConvBatchNorm;
     use crate::model::init::Init;
@@ -563,17 +601,6 @@ mod tests {
             .into_data()
             .try_to_vec::<f32>()
             .expect("float32 tensor")
-    }
-
-    /// Max abs difference relative to the reference's max abs value.
-    fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
-        assert_eq!(ours.len(), reference.len());
-        let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
-        let diff = ours
-            .iter()
-            .zip(reference)
-            .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
-        diff / scale.max(1e-30)
     }
 
     fn grad<const D: usize>(t: &Tensor<D>, grads: &Gradients) -> Vec<f32> {
