@@ -40,6 +40,10 @@ pub struct DemoArgs {
     /// Most lesions per phantom, 1–4 (default 4)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=4))]
     pub max_lesions: Option<u8>,
+    /// TOML file over the demo's defaults (any field of `report.json`'s `demo` table); flags
+    /// given as well win
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -221,15 +225,19 @@ fn progress(quiet: bool) -> impl FnMut(Event) {
 }
 
 fn epoch_line(m: &EpochMetrics) -> String {
+    let parts = if m.aux {
+        format!(
+            "crit {:.4} ccl {:.4} rec {:.4}/{:.4}",
+            m.train_criterion, m.train_ccl, m.train_text_rec, m.train_img_rec
+        )
+    } else {
+        format!("crit {:.4}, no auxiliary losses yet", m.train_criterion)
+    };
     format!(
-        "epoch {:>3}: loss {:.4} (crit {:.4} ccl {:.4} rec {:.4}/{:.4}) train dice {:.4} | val \
-         dice {:.4}{} | lr {:.2e} | {:.0}s",
+        "epoch {:>3}: loss {:.4} ({parts}) train dice {:.4} | val dice {:.4}{} | lr {:.2e} | \
+         {:.0}s",
         m.epoch,
         m.train_loss,
-        m.train_criterion,
-        m.train_ccl,
-        m.train_text_rec,
-        m.train_img_rec,
         m.train_dice,
         m.val_dice,
         if m.best { " (best)" } else { "" },
@@ -240,6 +248,9 @@ fn epoch_line(m: &EpochMetrics) -> String {
 
 pub fn run_demo(args: DemoArgs) -> Result<()> {
     let mut cfg = DemoConfig::default();
+    if let Some(path) = &args.config {
+        cfg = merged(&cfg, path)?;
+    }
     if let Some(s) = args.seed {
         cfg.seed = s;
     }
@@ -264,17 +275,25 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
         cfg.max_lesions = n.into();
     }
     create_dir(&args.out)?;
+    let data = if cfg.fresh_train {
+        format!(
+            "{} fresh training phantoms every epoch, {} validation, {} test",
+            cfg.n_train, cfg.n_val, cfg.n_test
+        )
+    } else {
+        format!(
+            "{} train / {} val / {} test phantoms",
+            cfg.n_train, cfg.n_val, cfg.n_test
+        )
+    };
     eprintln!(
-        "reclmis demo: {} procedural chest films at {} px ({} train / {} val / {} test), a reduced \
-         RecLMIS (base {}, built-in text encoder, {} setting), {} epochs, seed {}",
-        cfg.n_train + cfg.n_val + cfg.n_test,
+        "reclmis demo: procedural chest films at {} px ({data}), a reduced RecLMIS (base {}, \
+         built-in text encoder, {} setting), {} epochs (auxiliary losses from epoch {}), seed {}",
         cfg.image_size,
-        cfg.n_train,
-        cfg.n_val,
-        cfg.n_test,
         cfg.base_channels,
         if cfg.clean { "clean" } else { "paper" },
         cfg.epochs,
+        cfg.aux_from_epoch + 1,
         cfg.seed
     );
     let outcome =
@@ -337,6 +356,21 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
     Error::Usage(msg.into()).into()
 }
 
+/// `base` with the TOML file at `path` deep-merged over it.
+fn merged<T: serde::Serialize + serde::de::DeserializeOwned>(base: &T, path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let over: toml::Value =
+        toml::from_str(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    let mut merged = toml::Value::try_from(base).expect("a config converts to TOML");
+    merge(&mut merged, over);
+    merged
+        .try_into()
+        .map_err(|e| usage(format!("{}: {e}", path.display())))
+}
+
 /// The training config: preset, then the TOML file, then the flags.
 fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
     let mut cfg = TrainConfig::preset(args.preset);
@@ -344,17 +378,7 @@ fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
         cfg.model = cfg.model.clone().with_builtin_text(4);
     }
     if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let over: toml::Value =
-            toml::from_str(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-        let mut base = toml::Value::try_from(&cfg).expect("a train config converts to TOML");
-        merge(&mut base, over);
-        cfg = base
-            .try_into()
-            .map_err(|e| usage(format!("{}: {e}", path.display())))?;
+        cfg = merged(&cfg, path)?;
     }
     let m = &mut cfg.model;
     if let Some(s) = args.image_size {

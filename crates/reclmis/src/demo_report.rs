@@ -184,17 +184,17 @@ const LOSS_CURVES: [Curve; 5] = [
     Curve {
         label: "CCL",
         colour: RGBColor(31, 119, 180),
-        value: |m| m.train_ccl,
+        value: |m| if m.aux { m.train_ccl } else { f64::NAN },
     },
     Curve {
         label: "text reconstruction",
         colour: RGBColor(44, 160, 44),
-        value: |m| m.train_text_rec,
+        value: |m| if m.aux { m.train_text_rec } else { f64::NAN },
     },
     Curve {
         label: "image reconstruction",
         colour: RGBColor(148, 103, 189),
-        value: |m| m.train_img_rec,
+        value: |m| if m.aux { m.train_img_rec } else { f64::NAN },
     },
 ];
 
@@ -576,18 +576,32 @@ fn render_html(r: &DemoReport, facts: &RunFacts, rows: &[ExampleRow]) -> String 
         ),
         (
             "Data",
-            format!(
-                "{} train, {} validation, {} test phantoms",
-                facts.n_train, facts.n_val, r.n_test
-            ),
+            if d.fresh_train {
+                format!(
+                    "{} new training phantoms every epoch ({} in all), {} validation, {} test",
+                    facts.n_train,
+                    facts.n_train * r.history.len() as u64,
+                    facts.n_val,
+                    r.n_test
+                )
+            } else {
+                format!(
+                    "{} train, {} validation, {} test phantoms",
+                    facts.n_train, facts.n_val, r.n_test
+                )
+            },
         ),
         (
             "Training",
             format!(
-                "{} epochs, batch {}, learning rate {}, {:.0} s ({:.0} s in all, {} threads)",
+                "{} epochs, batch {}, learning rate {}{}, {:.0} s ({:.0} s in all, {} threads)",
                 r.history.len(),
                 r.train.batch_size,
                 r.train.lr,
+                match r.train.aux_from_epoch {
+                    0 => String::new(),
+                    k => format!("; segmentation loss alone for {k} epochs, then all losses"),
+                },
                 r.train_seconds,
                 r.total_seconds,
                 r.threads
@@ -615,15 +629,24 @@ fn render_html(r: &DemoReport, facts: &RunFacts, rows: &[ExampleRow]) -> String 
     );
 
     // Curves.
-    h.push_str(
+    let _ = write!(
+        h,
         "<h2>Training curves</h2>\n<section class=\"card\">\n\
          <img class=\"curves\" src=\"curves.png\" alt=\"Training loss and its parts (left); train \
          and validation Dice per epoch (right)\">\n\
          <p style=\"color:var(--muted);font-size:13px;margin:8px 0 0\">Left: the training loss \
          (mean over the epoch) and its parts: the segmentation criterion (Dice + BCE), the \
          cross-modal conditioned loss CCL between POI and WOI, and the text and image \
-         reconstruction losses. Right: Dice on the training batches and on the validation set \
+         reconstruction losses{}. Right: Dice on the training batches and on the validation set \
          after each epoch.</p>\n</section>\n",
+        match r.train.aux_from_epoch {
+            0 => String::new(),
+            k => format!(
+                " (the last three from epoch {}: the first {k} epochs train the segmentation \
+                 alone)",
+                k + 1
+            ),
+        }
     );
 
     // Examples.
@@ -893,6 +916,7 @@ mod tests {
             val_dice: dice * 0.9,
             seconds: 1.0,
             best: true,
+            aux: true,
         };
         let history: Vec<EpochMetrics> = (1..=6)
             .map(|e| m(e, 2.0 / e as f64, 0.1 * e as f64))

@@ -1,6 +1,7 @@
 //! Training (reclmis.md §2): Adam, the presets' LR schedules, validation every epoch on the hard
 //! Dice, best and last checkpoints written atomically, early stopping, `--resume`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -64,6 +65,11 @@ pub struct TrainConfig {
     pub max_val: Option<usize>,
     /// Stop at the end of the epoch during which this many seconds have passed.
     pub time_budget_s: Option<f64>,
+    /// Epochs that train the segmentation loss alone before the auxiliary branch (POI/WOI,
+    /// reconstructors, CCL) joins; 0, the paper's recipe, has it from the first step. A model
+    /// trained from scratch with a built-in text encoder needs a few such epochs to start
+    /// reading the notes (README, "What the demo does").
+    pub aux_from_epoch: usize,
 }
 
 impl Default for TrainConfig {
@@ -107,6 +113,7 @@ impl TrainConfig {
             max_train: None,
             max_val: None,
             time_budget_s: None,
+            aux_from_epoch: 0,
         }
     }
 
@@ -126,6 +133,10 @@ impl TrainConfig {
     }
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EpochMetrics {
@@ -134,9 +145,13 @@ pub struct EpochMetrics {
     pub lr: f64,
     pub train_loss: f64,
     pub train_criterion: f64,
+    /// The auxiliary losses below are 0 for an epoch without them (`aux` false).
     pub train_ccl: f64,
     pub train_text_rec: f64,
     pub train_img_rec: f64,
+    /// Whether the auxiliary losses were part of the training loss (see `aux_from_epoch`).
+    #[serde(default = "yes")]
+    pub aux: bool,
     pub train_dice: f64,
     pub val_loss: f64,
     pub val_dice: f64,
@@ -452,9 +467,17 @@ impl Trainer {
         val: &Dataset,
         on: &mut dyn FnMut(Event),
     ) -> Result<&[EpochMetrics], TrainError> {
-        if train.is_empty() {
-            return Err(TrainError::Empty);
-        }
+        self.run_with(|_| Cow::Borrowed(train), val, on)
+    }
+
+    /// As [`Trainer::run`], with the training set of each (0-based) epoch from `train_for`:
+    /// the demo draws fresh procedural phantoms every epoch.
+    pub fn run_with<'d>(
+        &mut self,
+        mut train_for: impl FnMut(usize) -> Cow<'d, Dataset>,
+        val: &Dataset,
+        on: &mut dyn FnMut(Event),
+    ) -> Result<&[EpochMetrics], TrainError> {
         if self.state.epoch > 0 {
             on(Event::Resumed {
                 epoch: self.state.epoch,
@@ -462,7 +485,11 @@ impl Trainer {
         }
         let started = Instant::now();
         while self.state.epoch < self.cfg.epochs {
-            let m = self.epoch(train, val, on)?;
+            let train = train_for(self.state.epoch);
+            if train.is_empty() {
+                return Err(TrainError::Empty);
+            }
+            let m = self.epoch(&train, val, on)?;
             let stop_patience = self
                 .state
                 .best_epoch
@@ -517,14 +544,14 @@ impl Trainer {
             self.device.seed(step_seed);
             let b = make_batch(&samples, size, cfg.model.context, &self.device);
             let tfc = self.cache.encode(&self.model, &cfg.model, &b.tokens, true);
-            let out = self.model.forward(
-                &cfg.model,
-                b.images,
-                tfc,
-                &b.tokens,
-                Branches::Aux { seed: step_seed },
-                true,
-            );
+            let branches = if e >= cfg.aux_from_epoch {
+                Branches::Aux { seed: step_seed }
+            } else {
+                Branches::Segment
+            };
+            let out = self
+                .model
+                .forward(&cfg.model, b.images, tfc, &b.tokens, branches, true);
             let losses = self.model.losses(&cfg.model, &out, b.masks);
             let total = to_vec(&losses.total)[0] as f64;
             if !total.is_finite() {
@@ -593,6 +620,7 @@ impl Trainer {
             train_ccl: sums[2] / k,
             train_text_rec: sums[3] / k,
             train_img_rec: sums[4] / k,
+            aux: e >= cfg.aux_from_epoch,
             train_dice: sums[5] / k,
             val_loss,
             val_dice,

@@ -1,46 +1,52 @@
-//! A seeded short training on the procedural data learns to segment: test Dice with the true
-//! notes well above what the untrained model scores.
+//! A seeded short demo training on the procedural data learns to segment and to read the notes:
+//! with the true notes its test Dice clears a bar that segmenting every opacity cannot, and it
+//! loses a margin when each image gets another image's note.
 
-use burn::tensor::Device;
-use reclmis::demo::{DemoConfig, datasets};
-use reclmis::eval::{TextMode, evaluate};
-use reclmis::train::Trainer;
+use reclmis::demo::{DemoConfig, run};
 
 #[test]
-fn short_training_on_procedural_data_learns_to_segment() {
+fn short_training_on_procedural_data_learns_to_read_the_notes() {
     let cfg = DemoConfig {
-        image_size: 48,
-        base_channels: 16,
-        n_train: 400,
-        n_val: 16,
-        n_test: 64,
-        epochs: 5,
-        batch_size: 16,
-        lr: 1e-3,
+        n_val: 32,
+        n_test: 96,
+        epochs: 12,
+        aux_from_epoch: 8,
         ..DemoConfig::default()
     };
-    let (train, val, test) = datasets(&cfg);
-    let tc = cfg.train_config();
-    let device = Device::flex().autodiff();
-    let mut t = Trainer::new(tc.clone(), None, None, false, &device).unwrap();
-    let before = evaluate(&t.model, &tc.model, &test, TextMode::Given, 1, 32);
-    t.run(&train, &val, &mut |_| {}).unwrap();
-    let given = evaluate(&t.model, &tc.model, &test, TextMode::Given, 1, 32);
-    let shuffled = evaluate(&t.model, &tc.model, &test, TextMode::Shuffled, 1, 32);
+    let outcome = run(&cfg, None, &mut |_| {}).unwrap();
+    let r = &outcome.report;
     println!(
-        "test Dice: untrained {:.3}, trained {:.3} (true notes), {:.3} (shuffled notes)",
-        before.dice, given.dice, shuffled.dice
+        "test Dice {:.3} (true notes), {:.3} (shuffled), {:.3} (empty); {:.0} s",
+        r.dice_true, r.dice_shuffled, r.dice_empty, r.train_seconds
     );
-    assert!(given.dice > 0.45, "trained Dice {:.3} <= 0.45", given.dice);
-    assert!(
-        given.dice > before.dice + 0.3,
-        "no learning: {:.3} -> {:.3}",
-        before.dice,
-        given.dice
-    );
-    let losses: Vec<f64> = t.history.iter().map(|m| m.train_loss).collect();
+    let losses: Vec<f64> = r.history.iter().map(|m| m.train_criterion).collect();
     assert!(
         losses.last() < losses.first(),
-        "training loss did not fall: {losses:?}"
+        "segmentation loss did not fall: {losses:?}"
+    );
+    assert!(
+        r.history.iter().filter(|m| m.aux).count() == cfg.epochs - cfg.aux_from_epoch,
+        "the auxiliary losses did not join at epoch {}",
+        cfg.aux_from_epoch + 1
+    );
+    assert!(
+        r.dice_true > TRUE_MIN,
+        "Dice {:.3} <= {TRUE_MIN}",
+        r.dice_true
+    );
+    assert!(
+        r.dice_true - r.dice_shuffled > MARGIN_MIN,
+        "shuffled notes cost only {:.3} Dice (true {:.3}, shuffled {:.3})",
+        r.dice_true - r.dice_shuffled,
+        r.dice_true,
+        r.dice_shuffled
     );
 }
+
+/// Segmenting every opacity, lesion or distractor, scores about 0.67 on this data (the demo's
+/// plateau before it reads the notes, and its Dice with one note for every image). Seeds 7, 1
+/// and 2 of this configuration scored 0.774 / 0.737 / 0.706 with the true notes, and lost
+/// 0.201 / 0.189 / 0.154 with shuffled ones (seed 7 here; 1 and 2 with `reclmis demo`).
+const TRUE_MIN: f64 = 0.68;
+/// Dice lost with another image's note.
+const MARGIN_MIN: f64 = 0.10;

@@ -39,6 +39,7 @@ fn config(epochs: usize) -> TrainConfig {
         max_train: None,
         max_val: None,
         time_budget_s: None,
+        aux_from_epoch: 0,
     }
 }
 
