@@ -600,7 +600,10 @@ fn render_html(r: &DemoReport, facts: &RunFacts, rows: &[ExampleRow]) -> String 
                 r.train.lr,
                 match r.train.aux_from_epoch {
                     0 => String::new(),
-                    k => format!("; segmentation loss alone for {k} epochs, then all losses"),
+                    k => format!(
+                        "; segmentation loss alone for {}, then all losses",
+                        epochs(k)
+                    ),
                 },
                 r.train_seconds,
                 r.total_seconds,
@@ -642,9 +645,9 @@ fn render_html(r: &DemoReport, facts: &RunFacts, rows: &[ExampleRow]) -> String 
         match r.train.aux_from_epoch {
             0 => String::new(),
             k => format!(
-                " (the last three from epoch {}: the first {k} epochs train the segmentation \
-                 alone)",
-                k + 1
+                " (the last three from epoch {}: the first {} train the segmentation alone)",
+                k + 1,
+                epochs(k)
             ),
         }
     );
@@ -778,6 +781,15 @@ fn esc(s: &str) -> String {
     out
 }
 
+/// "1 epoch", "10 epochs".
+fn epochs(n: usize) -> String {
+    if n == 1 {
+        "1 epoch".into()
+    } else {
+        format!("{n} epochs")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -796,6 +808,8 @@ mod tests {
             batch_size: 8,
             lr: 1e-3,
             n_examples: 3,
+            // One epoch without the auxiliary losses and one with them.
+            aux_from_epoch: 1,
             ..DemoConfig::default()
         }
     }
@@ -811,7 +825,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let cfg = tiny();
         let outcome = crate::demo::run(&cfg, Some(&dir), &mut |_| {}).unwrap();
-        assert_eq!(outcome.report.history.len(), 2);
+        let aux: Vec<bool> = outcome.report.history.iter().map(|m| m.aux).collect();
+        assert_eq!(aux, [false, true], "auxiliary losses from the second epoch");
+        assert_eq!(outcome.report.history[0].train_ccl, 0.0);
+        assert!(outcome.report.history[1].train_ccl > 0.0);
         let files = write_report(&dir, &outcome, &cfg).unwrap();
 
         assert_eq!(files.index, dir.join("index.html"));
@@ -825,6 +842,8 @@ mod tests {
         assert!(html.starts_with("<!DOCTYPE html>"));
         assert!(html.contains("<title>reclmis demo</title>"));
         assert!(html.contains("src=\"curves.png\""));
+        assert!(html.contains("segmentation loss alone for 1 epoch, then all losses"));
+        assert!(html.contains("32 new training phantoms every epoch (64 in all)"));
         for p in &files.examples {
             let rel = p
                 .strip_prefix(&dir)
