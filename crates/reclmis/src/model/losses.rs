@@ -34,14 +34,24 @@ pub fn criterion(probs: Tensor<4>, target: Tensor<3>) -> Tensor<1> {
         .sum_dim(1)
         .add_scalar(1e-5);
     let dice = (inter / denom).neg().add_scalar(1.0).mean(); // [1]
-    let log_p = p.clone().log().clamp_min(-100.0);
-    let log_q = p.neg().add_scalar(1.0).log().clamp_min(-100.0);
+    let log_p = bce_log(p.clone());
+    let log_q = bce_log(p.neg().add_scalar(1.0));
     let bce = mean3(
         (g.clone() * log_p + g.neg().add_scalar(1.0) * log_q)
             .neg()
             .reshape([b, h, w]),
     );
     dice.mul_scalar(0.5) + bce.mul_scalar(0.5)
+}
+
+/// `max(log x, −100)`, as PyTorch's `binary_cross_entropy` clamps, with a finite gradient
+/// everywhere. `log(x).clamp_min(-100)` takes `0 · (1/0) = NaN` back through `log` when a
+/// probability saturates to exactly 0 or 1 (a logit beyond ±17 in float32), which stopped a
+/// run with batch 32 at its 12th step. Below the smallest normal float (≈ e^−87.3) the value
+/// is −100 and the gradient 0; PyTorch gives `log x` for subnormal `x > e^−100` there.
+fn bce_log<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let tiny = x.clone().lower_elem(f32::MIN_POSITIVE);
+    x.mask_fill(tiny.clone(), 1.0).log().mask_fill(tiny, -100.0)
 }
 
 /// `−mean_i log_softmax_row(X)[i, i]` for a square `X [B, B]`.
@@ -133,5 +143,50 @@ pub fn mse(pred: Tensor<3>, target: Tensor<3>, row_mask: Option<Tensor<2>>) -> T
                 .reshape([1])
                 / count
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    /// Saturated probabilities (exactly 0 or 1, as float32 sigmoids of logits beyond ±17 give)
+    /// keep the loss at PyTorch's value and every gradient finite.
+    #[test]
+    fn criterion_is_finite_at_saturated_probabilities() {
+        let device = Device::flex().autodiff();
+        // One image of four pixels: right and sure, wrong and sure both ways (p = 1 where
+        // g = 0, p = 0 where g = 1), and an ordinary one.
+        let p = [0.0f32, 1.0, 0.0, 0.25];
+        let g = [0.0f32, 0.0, 1.0, 1.0];
+        let probs = Tensor::<4>::from_data(TensorData::new(p.to_vec(), [1, 1, 2, 2]), &device)
+            .require_grad();
+        let target = Tensor::<3>::from_data(TensorData::new(g.to_vec(), [1, 2, 2]), &device);
+        let loss = criterion(probs.clone(), target);
+        let value = loss.clone().into_data().try_to_vec::<f32>().unwrap()[0] as f64;
+
+        // PyTorch: BCE terms 0, 100, 100 (clamped), −log 0.25; Dice with the 0.5 weights.
+        let bce = (0.0 + 100.0 + 100.0 - 0.25f64.ln()) / 4.0;
+        let (pw, gw): (Vec<f64>, Vec<f64>) = p
+            .iter()
+            .zip(&g)
+            .map(|(&p, &g)| (0.5 * p as f64, 0.5 * g as f64))
+            .unzip();
+        let inter: f64 = 2.0 * pw.iter().zip(&gw).map(|(a, b)| a * b).sum::<f64>() + 1e-5;
+        let denom: f64 = pw.iter().chain(&gw).map(|a| a * a).sum::<f64>() + 1e-5;
+        let want = 0.5 * (1.0 - inter / denom) + 0.5 * bce;
+        assert!((value - want).abs() < 1e-5 * want, "{value} vs {want}");
+
+        let grads = loss.backward();
+        let dp = probs
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert!(dp.iter().all(|d| d.is_finite()), "gradient {dp:?}");
+        // The ordinary pixel keeps BCE's −g/p (÷ 4 pixels, × 0.5) plus the Dice part.
+        assert!(dp[3] < -0.5 / 0.25 / 4.0 + 1e-3, "{}", dp[3]);
     }
 }
