@@ -69,7 +69,7 @@ impl Default for DemoConfig {
             n_val: 100,
             n_test: 200,
             epochs: 45,
-            batch_size: 16,
+            batch_size: 32,
             lr: 1e-3,
             n_examples: 6,
             clean: true,
