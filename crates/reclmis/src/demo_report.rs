@@ -602,7 +602,7 @@ fn render_html(r: &DemoReport, facts: &RunFacts, rows: &[ExampleRow]) -> String 
                     0 => String::new(),
                     k => format!(
                         "; segmentation loss alone for {}, then all losses",
-                        epochs(k)
+                        n_epochs(k)
                     ),
                 },
                 r.train_seconds,
@@ -647,7 +647,7 @@ fn render_html(r: &DemoReport, facts: &RunFacts, rows: &[ExampleRow]) -> String 
             k => format!(
                 " (the last three from epoch {}: the first {} train the segmentation alone)",
                 k + 1,
-                epochs(k)
+                n_epochs(k)
             ),
         }
     );
@@ -782,7 +782,7 @@ fn esc(s: &str) -> String {
 }
 
 /// "1 epoch", "10 epochs".
-fn epochs(n: usize) -> String {
+fn n_epochs(n: usize) -> String {
     if n == 1 {
         "1 epoch".into()
     } else {

@@ -49,13 +49,7 @@ pub fn conv_forward_bf16(
     relu: bool,
     out: &mut [f32],
 ) {
-    s.check();
-    assert_eq!(x.len(), s.b * s.cin * s.hw(), "conv input length");
-    assert_eq!(w.len(), s.cout * s.kk(), "conv weight length");
-    assert_eq!(out.len(), s.b * s.cout * s.hw(), "conv output length");
-    if let Some(bias) = bias {
-        assert_eq!(bias.len(), s.cout, "conv bias length");
-    }
+    s.check_forward(x, w, bias, out);
     #[cfg(target_arch = "x86_64")]
     if bf16_supported() && !out.is_empty() && s.kk() > 0 {
         // SAFETY: the CPU has the features the kernels are compiled for (checked just above).
@@ -70,10 +64,7 @@ pub fn conv_forward_bf16(
 ///
 /// `dy: [b, cout, h, w]`, `w: [cout, cin, k, k]`, `dx: [b, cin, h, w]`.
 pub fn conv_input_grad_bf16(dy: &[f32], w: &[f32], s: ConvShape, dx: &mut [f32]) {
-    s.check();
-    assert_eq!(w.len(), s.cout * s.kk(), "conv weight length");
-    assert_eq!(dy.len(), s.b * s.cout * s.hw(), "conv output-grad length");
-    assert_eq!(dx.len(), s.b * s.cin * s.hw(), "conv input-grad length");
+    s.check_input_grad(dy, w, dx);
     #[cfg(target_arch = "x86_64")]
     if bf16_supported() && !dx.is_empty() && s.cout > 0 {
         // SAFETY: as in `conv_forward_bf16`.
@@ -93,13 +84,7 @@ pub fn conv_weight_grad_bf16(
     dw: &mut [f32],
     dbias: Option<&mut [f32]>,
 ) {
-    s.check();
-    assert_eq!(x.len(), s.b * s.cin * s.hw(), "conv input length");
-    assert_eq!(dy.len(), s.b * s.cout * s.hw(), "conv output-grad length");
-    assert_eq!(dw.len(), s.cout * s.kk(), "conv weight-grad length");
-    if let Some(db) = &dbias {
-        assert_eq!(db.len(), s.cout, "conv bias-grad length");
-    }
+    s.check_weight_grad(x, dy, dw, dbias.as_deref());
     #[cfg(target_arch = "x86_64")]
     if bf16_supported() && !dw.is_empty() && s.b * s.hw() > 0 {
         // SAFETY: as in `conv_forward_bf16`.

@@ -35,12 +35,58 @@ impl ConvShape {
         self.cin * self.k * self.k
     }
 
-    pub(crate) fn check(&self) {
+    fn check(&self) {
         assert!(
             self.k % 2 == 1,
             "conv kernel size must be odd, got {}",
             self.k
         );
+    }
+
+    /// Asserts an odd kernel and the buffer lengths of a forward pass.
+    pub(crate) fn check_forward(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &[f32]) {
+        self.check();
+        assert_eq!(x.len(), self.b * self.cin * self.hw(), "conv input length");
+        assert_eq!(w.len(), self.cout * self.kk(), "conv weight length");
+        assert_eq!(
+            out.len(),
+            self.b * self.cout * self.hw(),
+            "conv output length"
+        );
+        if let Some(bias) = bias {
+            assert_eq!(bias.len(), self.cout, "conv bias length");
+        }
+    }
+
+    /// As [`ConvShape::check_forward`], for the input gradient.
+    pub(crate) fn check_input_grad(&self, dy: &[f32], w: &[f32], dx: &[f32]) {
+        self.check();
+        assert_eq!(w.len(), self.cout * self.kk(), "conv weight length");
+        assert_eq!(
+            dy.len(),
+            self.b * self.cout * self.hw(),
+            "conv output-grad length"
+        );
+        assert_eq!(
+            dx.len(),
+            self.b * self.cin * self.hw(),
+            "conv input-grad length"
+        );
+    }
+
+    /// As [`ConvShape::check_forward`], for the weight and bias gradients.
+    pub(crate) fn check_weight_grad(&self, x: &[f32], dy: &[f32], dw: &[f32], db: Option<&[f32]>) {
+        self.check();
+        assert_eq!(x.len(), self.b * self.cin * self.hw(), "conv input length");
+        assert_eq!(
+            dy.len(),
+            self.b * self.cout * self.hw(),
+            "conv output-grad length"
+        );
+        assert_eq!(dw.len(), self.cout * self.kk(), "conv weight-grad length");
+        if let Some(db) = db {
+            assert_eq!(db.len(), self.cout, "conv bias-grad length");
+        }
     }
 }
 
@@ -176,13 +222,7 @@ pub fn conv_forward(
     relu: bool,
     out: &mut [f32],
 ) {
-    s.check();
-    assert_eq!(x.len(), s.b * s.cin * s.hw(), "conv input length");
-    assert_eq!(w.len(), s.cout * s.kk(), "conv weight length");
-    assert_eq!(out.len(), s.b * s.cout * s.hw(), "conv output length");
-    if let Some(bias) = bias {
-        assert_eq!(bias.len(), s.cout, "conv bias length");
-    }
+    s.check_forward(x, w, bias, out);
     if out.is_empty() {
         return;
     }
@@ -282,8 +322,7 @@ fn forward_tile(
 ///
 /// `dy: [b, cout, h, w]`, `w: [cout, cin, k, k]`, `dx: [b, cin, h, w]`.
 pub fn conv_input_grad(dy: &[f32], w: &[f32], s: ConvShape, dx: &mut [f32]) {
-    s.check();
-    assert_eq!(w.len(), s.cout * s.kk(), "conv weight length");
+    s.check_input_grad(dy, w, dx);
     let k2 = s.k * s.k;
     // [cin, cout, k, k], spatially flipped: the adjoint of a padded correlation.
     let mut wt = vec![0.0f32; w.len()];
@@ -313,14 +352,8 @@ pub fn conv_weight_grad(
     dw: &mut [f32],
     dbias: Option<&mut [f32]>,
 ) {
-    s.check();
+    s.check_weight_grad(x, dy, dw, dbias.as_deref());
     let hw = s.hw();
-    assert_eq!(x.len(), s.b * s.cin * hw, "conv input length");
-    assert_eq!(dy.len(), s.b * s.cout * hw, "conv output-grad length");
-    assert_eq!(dw.len(), s.cout * s.kk(), "conv weight-grad length");
-    if let Some(db) = &dbias {
-        assert_eq!(db.len(), s.cout, "conv bias-grad length");
-    }
     let threads = rayon::current_num_threads().max(1);
     let tiles = plan_tiles(&s, s.kk(), threads);
     let want_bias = dbias.is_some();
