@@ -584,19 +584,11 @@ mod avx512 {
             for co in 0..s.cout {
                 let src = block(co);
                 for (src, row) in src.chunks_exact(k2).zip(buf.chunks_exact_mut(kk)) {
-                    let dst = &mut row[co * k2..][..k2];
-                    dst.iter_mut()
-                        .zip(src.iter().rev())
-                        .for_each(|(d, &v)| *d = v);
+                    cpu::copy_flipped(src, &mut row[co * k2..][..k2]);
                 }
             }
         });
-        let t = ConvShape {
-            cin: s.cout,
-            cout: s.cin,
-            ..s
-        };
-        forward_packed(dy, &a, None, t, false, dx);
+        forward_packed(dy, &a, None, s.adjoint(), false, dx);
     }
 
     /// Forward convolution with the weights already packed as `A`, over row tiles in parallel.

@@ -43,6 +43,15 @@ impl ConvShape {
         );
     }
 
+    /// The shape of the input-gradient pass, a forward convolution from `cout` to `cin` channels.
+    pub(crate) fn adjoint(&self) -> ConvShape {
+        ConvShape {
+            cin: self.cout,
+            cout: self.cin,
+            ..*self
+        }
+    }
+
     /// Asserts an odd kernel and the buffer lengths of a forward pass.
     pub(crate) fn check_forward(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &[f32]) {
         self.check();
@@ -329,18 +338,17 @@ pub fn conv_input_grad(dy: &[f32], w: &[f32], s: ConvShape, dx: &mut [f32]) {
     for co in 0..s.cout {
         for ci in 0..s.cin {
             let src = &w[(co * s.cin + ci) * k2..][..k2];
-            let dst = &mut wt[(ci * s.cout + co) * k2..][..k2];
-            dst.iter_mut()
-                .zip(src.iter().rev())
-                .for_each(|(d, &v)| *d = v);
+            copy_flipped(src, &mut wt[(ci * s.cout + co) * k2..][..k2]);
         }
     }
-    let t = ConvShape {
-        cin: s.cout,
-        cout: s.cin,
-        ..s
-    };
-    conv_forward(dy, &wt, None, t, false, dx);
+    conv_forward(dy, &wt, None, s.adjoint(), false, dx);
+}
+
+/// `dst` = one `k×k` kernel rotated by 180°, the adjoint of a padded correlation.
+pub(crate) fn copy_flipped(src: &[f32], dst: &mut [f32]) {
+    dst.iter_mut()
+        .zip(src.iter().rev())
+        .for_each(|(d, &v)| *d = v);
 }
 
 /// Gradients of [`conv_forward`] (without ReLU) with respect to the weight and bias; overwrites
