@@ -71,6 +71,24 @@ enum Command {
     Evaluate(training::EvaluateArgs),
     /// Time a training step and inference in the paper configuration
     Bench(training::BenchArgs),
+    /// How the note grammar reads a notes file: findings, canonical text, unknown words
+    Notes(NotesArgs),
+}
+
+#[derive(Args)]
+struct NotesArgs {
+    /// Notes file (.xlsx, .csv or .jsonl with `Image` and `Description`)
+    file: PathBuf,
+    /// A second notes file with the same keys (e.g. the cleaned captions): count the notes
+    /// whose zones agree
+    #[arg(long, value_name = "FILE")]
+    reference: Option<PathBuf>,
+    /// Print every note's reading as JSON instead of the summary
+    #[arg(long)]
+    json: bool,
+    /// List at most this many notes that were not read fully or disagree with the reference
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    show: usize,
 }
 
 #[derive(Args)]
@@ -146,6 +164,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => a.json,
         Command::Evaluate(a) => a.json,
         Command::Bench(a) => a.json,
+        Command::Notes(a) => a.json,
         _ => false,
     };
     match run(cli.command) {
@@ -164,6 +183,7 @@ fn run(command: Command) -> Result<()> {
         Command::Train(args) => training::run_train(args),
         Command::Evaluate(args) => training::run_evaluate(args),
         Command::Bench(args) => training::run_bench(args),
+        Command::Notes(args) => run_notes(args),
     }
 }
 
@@ -422,6 +442,61 @@ fn run_inspect(args: InspectArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&ins)?);
     } else {
         println!("{ins}");
+    }
+    Ok(())
+}
+
+fn run_notes(args: NotesArgs) -> Result<()> {
+    use reclmis::data::audit::NotesAudit;
+    let notes = reclmis::data::Notes::read(&args.file).map_err(Error::from)?;
+    let reference = args
+        .reference
+        .as_deref()
+        .map(reclmis::data::Notes::read)
+        .transpose()
+        .map_err(Error::from)?;
+    let audit = NotesAudit::of(&notes, reference.as_ref());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&audit)?);
+        return Ok(());
+    }
+    println!("{}: {}", args.file.display(), audit.summary());
+    let unknown = audit.unknown_words();
+    if !unknown.is_empty() {
+        let words: Vec<String> = unknown
+            .iter()
+            .take(30)
+            .map(|(w, c)| format!("{w} ×{c}"))
+            .collect();
+        println!(
+            "unknown words (kept in the raw text, ignored by the grammar): {}",
+            words.join(", ")
+        );
+    }
+    if !audit.missing_in_reference.is_empty() {
+        println!(
+            "{} keys are not in the reference, e.g. {}",
+            audit.missing_in_reference.len(),
+            audit.missing_in_reference[0]
+        );
+    }
+    let odd = audit
+        .notes
+        .iter()
+        .filter(|n| n.status != reclmis::finding::ParseStatus::Full || n.agrees == Some(false));
+    for n in odd.take(args.show) {
+        println!(
+            "  row {} [{}{}] {:?} -> {}",
+            n.row,
+            n.status,
+            if n.agrees == Some(false) {
+                ", disagrees"
+            } else {
+                ""
+            },
+            n.text,
+            n.finding
+        );
     }
     Ok(())
 }

@@ -122,6 +122,15 @@ pub struct TrainArgs {
     /// Train the text-free baseline instead (same encoder and decoder, CNN bottleneck, no text)
     #[arg(long)]
     pub text_free: bool,
+    /// The text encoder reads each note's canonical sentence (the note parsed into its finding
+    /// and written back in the cleaned QaTa style); saved in the checkpoint, so `evaluate` and
+    /// `predict` read notes the same way (config: `model.notes.canonical`)
+    #[arg(long)]
+    pub canonical_notes: bool,
+    /// Probability that a training note is reworded at each step (paraphrase augmentation;
+    /// config: `paraphrase`)
+    #[arg(long, value_name = "P")]
+    pub paraphrase: Option<f64>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -408,6 +417,12 @@ fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
     if args.text_free {
         m.text_free = true;
     }
+    if args.canonical_notes {
+        m.notes.canonical = true;
+    }
+    if let Some(p) = args.paraphrase {
+        cfg.paraphrase = p;
+    }
     if let Some(e) = args.epochs {
         cfg.epochs = e;
     }
@@ -507,13 +522,19 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     )?;
     eprintln!(
         "{} train / {} val images ({} with an empty mask); text encoder {}; parity {:?}; \
-         augmentation {:?}",
+         augmentation {:?}; notes {}, paraphrase p {}",
         train.len(),
         val.len(),
         train.empty_masks + val.empty_masks,
         cfg.model.text_encoder.kind(),
         cfg.model.parity,
-        cfg.augment
+        cfg.augment,
+        if cfg.model.notes.canonical {
+            "canonical"
+        } else {
+            "raw"
+        },
+        cfg.paraphrase
     );
     let mut trainer =
         Trainer::new(cfg, init, Some(&args.out), args.resume, &device).map_err(Error::from)?;

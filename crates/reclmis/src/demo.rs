@@ -108,6 +108,7 @@ impl DemoConfig {
             max_val: None,
             time_budget_s: None,
             aux_from_epoch: self.aux_from_epoch,
+            paraphrase: 0.0,
         }
     }
 

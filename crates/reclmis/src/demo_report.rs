@@ -976,6 +976,8 @@ mod tests {
             size: 16,
             grid: 1,
             note: "Lower left lung.".into(),
+            model_text: "Lower left lung.".into(),
+            reading: None,
             prob: vec![0.0; 256],
             mask: vec![0; 256],
             poi: vec![1.0],

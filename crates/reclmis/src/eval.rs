@@ -106,7 +106,7 @@ pub fn predict_probs(
                 ..s.clone()
             })
             .collect();
-        let b = make_batch(&with_notes, data.size, cfg.context, &device);
+        let b = make_batch(&with_notes, data.size, cfg, &device);
         let tfc = cache.encode(&eval, cfg, &b.tokens, false);
         let o = eval.forward(cfg, b.images, tfc, &b.tokens, Branches::Segment, false);
         out.extend(to_vec(&o.probs).chunks(px).map(<[f32]>::to_vec));

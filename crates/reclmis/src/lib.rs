@@ -12,6 +12,7 @@ pub mod demo;
 pub mod demo_report;
 pub mod error;
 pub mod eval;
+pub mod finding;
 pub mod inspect;
 pub mod kernels;
 pub mod model;

@@ -12,6 +12,7 @@ use crate::Error;
 use crate::data::image::hwc_to_chw_unit;
 use crate::data::image::read_bgr;
 use crate::data::{DataError, ImageU8, Notes};
+use crate::finding::{Reading, parse};
 use crate::model::{Branches, ModelConfig, RecLMIS, TokenBatch, to_vec};
 use crate::report;
 use crate::tokenizer::{EOT, SOT, Tokenizer, pad_note};
@@ -40,6 +41,11 @@ pub struct Prediction {
     pub grid: usize,
     /// The note as given (before padding).
     pub note: String,
+    /// What the text encoder read: the note itself, or its canonical sentence when the model's
+    /// config says `notes.canonical` (WOI weighs the words of this text).
+    pub model_text: String,
+    /// How the grammar read the note (`None` when the model reads raw notes).
+    pub reading: Option<Reading>,
     /// Sigmoid probabilities `[S, S]`.
     pub prob: Vec<f32>,
     /// `prob > 0.5` as 0/1, `[S, S]`.
@@ -73,6 +79,9 @@ impl Prediction {
 #[derive(Clone, Debug, Serialize)]
 pub struct WoiReport<'a> {
     pub note: &'a str,
+    pub model_text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reading: Option<&'a Reading>,
     pub threshold: f32,
     pub words: &'a [WordWeight],
     pub truncated_words: &'a [String],
@@ -100,8 +109,10 @@ pub fn predict_image(
     let s = cfg.image_size;
     let g = cfg.grid();
     let tok = Tokenizer::clip();
+    let reading = cfg.notes.canonical.then(|| parse(note));
+    let model_text = cfg.notes.model_text(note);
     // paper-parity: §1.4 — the authors pad short notes before tokenizing.
-    let padded = pad_note(note);
+    let padded = pad_note(&model_text);
     let tokens = tok.tokenize(&padded, cfg.context);
 
     // Eval mode whatever the caller holds: no autodiff graph, BatchNorm on running statistics.
@@ -124,11 +135,13 @@ pub fn predict_image(
         .expect("Branches::Explain always computes POI and WOI");
     let poi = to_vec(&explain.poi); // [1, g·g], patch h·g + w
     let woi = to_vec(&explain.woi); // [1, L]
-    let (woi, truncated_words) = word_weights(tok, note, &padded, &tokens.ids, &woi);
+    let (woi, truncated_words) = word_weights(tok, &model_text, &padded, &tokens.ids, &woi);
     Prediction {
         size: s,
         grid: g,
         note: note.to_owned(),
+        model_text,
+        reading,
         prob,
         mask,
         poi,
@@ -225,6 +238,8 @@ pub fn write_prediction(dir: &Path, pred: &Prediction, image: &ImageU8) -> Resul
     )?;
     let woi = WoiReport {
         note: &pred.note,
+        model_text: &pred.model_text,
+        reading: pred.reading.as_ref(),
         threshold: THRESHOLD,
         words: &pred.woi,
         truncated_words: &pred.truncated_words,

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::ours::{self, CheckpointError, SaveOptions, TrainState, write_atomic};
 use crate::data::dataset::{Augment, Dataset, Sample, augment};
 use crate::data::metrics;
+use crate::data::paraphrase::paraphrase_note;
 use crate::model::init::SplitMix64;
 use crate::model::{Branches, ModelConfig, Preset, RecLMIS, TokenBatch, to_vec};
 use crate::tokenizer::{Tokenizer, pad_note};
@@ -70,6 +71,9 @@ pub struct TrainConfig {
     /// trained from scratch with a built-in text encoder needs a few such epochs to start
     /// reading the notes (README, "What the demo does").
     pub aux_from_epoch: usize,
+    /// Probability that a training note is rewritten in a new wording at a step
+    /// ([`crate::data::paraphrase`]); 0 trains on the notes as written.
+    pub paraphrase: f64,
 }
 
 impl Default for TrainConfig {
@@ -114,6 +118,7 @@ impl TrainConfig {
             max_val: None,
             time_budget_s: None,
             aux_from_epoch: 0,
+            paraphrase: 0.0,
         }
     }
 
@@ -125,6 +130,12 @@ impl TrainConfig {
         }
         if self.epochs == 0 {
             return Err(ConfigError("epochs must be at least 1".into()));
+        }
+        if !(0.0..=1.0).contains(&self.paraphrase) {
+            return Err(ConfigError(format!(
+                "paraphrase {} must be a probability in [0, 1]",
+                self.paraphrase
+            )));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(ConfigError(format!("lr {} must be positive", self.lr)));
@@ -245,11 +256,11 @@ pub struct BatchTensors {
 }
 
 /// Builds model inputs from samples: BGR/255 images, 0/1 masks, notes padded and tokenised as
-/// the authors do (§4.3).
+/// the authors do (§4.3), after `cfg.notes` has turned each note into the text the encoder reads.
 pub fn make_batch(
     samples: &[Sample],
     size: usize,
-    context: usize,
+    cfg: &ModelConfig,
     device: &Device,
 ) -> BatchTensors {
     let b = samples.len();
@@ -264,7 +275,10 @@ pub fn make_batch(
         .collect();
     let rows: Vec<Vec<i64>> = samples
         .iter()
-        .map(|s| tok.tokenize(&pad_note(&s.note), context).ids)
+        .map(|s| {
+            tok.tokenize(&pad_note(&cfg.notes.model_text(&s.note)), cfg.context)
+                .ids
+        })
         .collect();
     BatchTensors {
         images: Tensor::from_data(TensorData::new(images, [b, 3, size, size]), device),
@@ -342,7 +356,7 @@ pub fn validate(
     let device = eval.device();
     let (mut loss, mut dice, mut n) = (0.0, 0.0, 0usize);
     for chunk in data.samples.chunks(batch_size.max(1)) {
-        let b = make_batch(chunk, data.size, cfg.context, &device);
+        let b = make_batch(chunk, data.size, cfg, &device);
         let tfc = cache.encode(&eval, cfg, &b.tokens, false);
         let out = eval.forward(cfg, b.images, tfc, &b.tokens, Branches::Segment, false);
         let l = crate::model::losses::criterion(out.probs.clone(), b.masks);
@@ -538,11 +552,20 @@ impl Trainer {
                 .iter()
                 .map(|&i| {
                     let mut r = SplitMix64::new(mix(step_seed, i as u64, 3));
-                    augment(&train.samples[i], size, cfg.augment, &mut r)
+                    let mut s = augment(&train.samples[i], size, cfg.augment, &mut r);
+                    // A stream of its own, so `paraphrase = 0` trains exactly as before.
+                    let mut r = SplitMix64::new(mix(step_seed, i as u64, 4));
+                    if cfg.paraphrase > 0.0
+                        && r.unit_f64() < cfg.paraphrase
+                        && let Some(note) = paraphrase_note(&s.note, &mut r)
+                    {
+                        s.note = note;
+                    }
+                    s
                 })
                 .collect();
             self.device.seed(step_seed);
-            let b = make_batch(&samples, size, cfg.model.context, &self.device);
+            let b = make_batch(&samples, size, &cfg.model, &self.device);
             let tfc = self.cache.encode(&self.model, &cfg.model, &b.tokens, true);
             let branches = if e >= cfg.aux_from_epoch {
                 Branches::Aux { seed: step_seed }

@@ -1,11 +1,13 @@
 //! Data: LViT folder layout, notes files, image loading as the authors' loader does, metrics and
 //! the embedded procedural dataset.
 
+pub mod audit;
 pub mod dataset;
 pub mod image;
 pub mod layout;
 pub mod metrics;
 pub mod notes;
+pub mod paraphrase;
 pub mod synth;
 
 use std::fmt;

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::finding::NotesConfig;
+
 /// Which dataset's configuration file the authors used (reclmis.md §1.1, §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -135,6 +137,10 @@ pub struct ModelConfig {
     /// U-Net with PLAM skips); no text, no Interactor, no auxiliary losses.
     #[serde(default)]
     pub text_free: bool,
+    /// How notes reach the text encoder: raw (the paper) or as the canonical sentence of their
+    /// parsed finding ([`crate::finding`]). Checkpoints without this table read raw notes.
+    #[serde(default)]
+    pub notes: NotesConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -179,6 +185,7 @@ impl ModelConfig {
             dropout: 0.1,
             loss_weights: LossWeights::default(),
             text_free: false,
+            notes: NotesConfig::default(),
         }
     }
 
