@@ -505,3 +505,101 @@ fn usage_errors_exit_2() {
     assert!(v["error"].as_str().unwrap().contains("c.safetensors"));
     assert_eq!(v["exit_code"], 2);
 }
+
+/// A tiny LViT dataset (`reclmis synth`: 32 px, 7 / 1 / 2 images) and a run folder holding an
+/// untrained small model; returns both and the test split's note keys (mask names), sorted.
+fn tiny_data_and_run(tmp: &TempDir) -> (PathBuf, PathBuf, Vec<String>) {
+    use reclmis::checkpoint::ours::{self, SaveOptions, TrainState};
+    use reclmis::model::{ModelConfig, RecLMIS};
+
+    let data = tmp.join("data");
+    succeeds(&reclmis([
+        "synth",
+        "--out",
+        path_str(&data),
+        "--n",
+        "10",
+        "--size",
+        "32",
+    ]));
+    let mut keys: Vec<String> = std::fs::read_dir(data.join("Test_Folder/labelcol"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    keys.sort();
+    assert_eq!(keys.len(), 2);
+
+    let mut cfg = ModelConfig::qata();
+    cfg.image_size = 32;
+    cfg.base_channels = 8;
+    cfg.rec_layers = 1;
+    let cfg = cfg.with_builtin_text(1);
+    let model = RecLMIS::new(&cfg, 1, &burn::tensor::Device::flex());
+    let run = tmp.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    ours::save(
+        &run.join("best.safetensors"),
+        &model,
+        &cfg,
+        &TrainState::default(),
+        SaveOptions::default(),
+    )
+    .unwrap();
+    (data, run, keys)
+}
+
+#[test]
+fn export_writes_a_float16_inference_only_copy_that_evaluates() {
+    let tmp = TempDir::new("export");
+    let (data, run, _) = tiny_data_and_run(&tmp);
+    let lean = tmp.join("out/lean-fp16.safetensors");
+    let out = succeeds(&reclmis([
+        "export",
+        "--checkpoint",
+        path_str(&run),
+        "--out",
+        path_str(&lean),
+        "--fp16",
+        "--inference-only",
+    ]));
+    assert!(
+        out.contains("float16") && out.contains("training-only tensors left out"),
+        "{out}"
+    );
+    let full = std::fs::metadata(run.join("best.safetensors"))
+        .unwrap()
+        .len();
+    let small = std::fs::metadata(&lean).unwrap().len();
+    assert!(small < full / 2, "{small} vs {full}");
+
+    let dice = |ckpt: &Path| {
+        let json = succeeds(&reclmis([
+            "evaluate",
+            "--checkpoint",
+            path_str(ckpt),
+            "--data",
+            path_str(&data),
+            "--csv",
+            path_str(&tmp.join("eval.csv")),
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["dice"].as_f64().unwrap()
+    };
+    let (a, b) = (dice(&run), dice(&lean));
+    assert!((a - b).abs() < 2e-3, "fp32 {a}, fp16 inference-only {b}");
+
+    // A source that is not a checkpoint: exit 2, nothing written.
+    let junk = tmp.join("junk.safetensors");
+    std::fs::write(&junk, b"not a checkpoint").unwrap();
+    let target = tmp.join("never.safetensors");
+    let out = reclmis([
+        "export",
+        "--checkpoint",
+        path_str(&junk),
+        "--out",
+        path_str(&target),
+    ]);
+    bad_input(&out, "junk.safetensors");
+    assert!(!target.exists());
+}
