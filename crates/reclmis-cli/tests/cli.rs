@@ -548,6 +548,136 @@ fn tiny_data_and_run(tmp: &TempDir) -> (PathBuf, PathBuf, Vec<String>) {
     (data, run, keys)
 }
 
+fn notes_csv(rows: &[(&str, &str)]) -> String {
+    let mut text = String::from("Image,Description\n");
+    for (key, note) in rows {
+        text += &format!("{key},\"{note}\"\n");
+    }
+    text
+}
+
+#[test]
+fn evaluate_scores_with_another_notes_file() {
+    let tmp = TempDir::new("notes");
+    let (data, run, keys) = tiny_data_and_run(&tmp);
+    let evaluate = |extra: &[&str], csv: &Path| {
+        let mut args = vec![
+            "--threads",
+            "2",
+            "evaluate",
+            "--checkpoint",
+            path_str(&run),
+            "--data",
+            path_str(&data),
+            "--csv",
+            path_str(csv),
+        ];
+        args.extend_from_slice(extra);
+        reclmis(args)
+    };
+
+    // The split's own notes: named in the JSON, both protocols reported.
+    let own: serde_json::Value =
+        serde_json::from_str(&succeeds(&evaluate(&["--json"], &tmp.join("own.csv")))).unwrap();
+    assert!(
+        own["notes"].as_str().unwrap().ends_with("Test_text.xlsx"),
+        "{own}"
+    );
+
+    // Another wording, keys in another case.
+    let good = tmp.join("good.csv");
+    let upper: Vec<String> = keys.iter().map(|k| k.to_uppercase()).collect();
+    std::fs::write(
+        &good,
+        notes_csv(&[
+            (upper[0].as_str(), "lesion in the upper left lung."),
+            (upper[1].as_str(), "lesion in the lower right lung."),
+        ]),
+    )
+    .unwrap();
+    let csv = tmp.join("good-eval.csv");
+    let json = succeeds(&evaluate(&["--notes", path_str(&good), "--json"], &csv));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["n"], 2);
+    assert_eq!(v["notes"], path_str(&good));
+    for field in ["dice", "miou", "dice_pooled", "iou_pooled"] {
+        let x = v[field].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&x), "{field}: {json}");
+    }
+    assert!(v["protocols"].as_str().unwrap().contains("LViT"), "{json}");
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    assert!(
+        rows.contains(&format!("{},lesion in the upper left lung.", keys[0])),
+        "{rows}"
+    );
+    // --text empty still applies on top; the text output names both protocols.
+    let out = succeeds(&evaluate(
+        &["--notes", path_str(&good), "--text", "empty"],
+        &tmp.join("empty-eval.csv"),
+    ));
+    assert!(
+        out.contains("per-image mean (LViT)") && out.contains("pooled over pixels"),
+        "{out}"
+    );
+    assert!(out.contains("empty notes ("), "{out}");
+
+    // An image without a row: the file and the image's key; nothing written.
+    let missing = tmp.join("missing.csv");
+    std::fs::write(&missing, notes_csv(&[(keys[0].as_str(), "left lung.")])).unwrap();
+    let csv = tmp.join("missing-eval.csv");
+    let err = bad_input(
+        &evaluate(&["--notes", path_str(&missing)], &csv),
+        "missing.csv",
+    );
+    assert!(
+        err.contains(&format!("no row for image `{}`", keys[1])),
+        "{err}"
+    );
+    assert!(!csv.exists(), "nothing is written on failure");
+
+    // An empty note cell: the file and its row.
+    let empty = tmp.join("empty.csv");
+    std::fs::write(
+        &empty,
+        format!("Image,Description\n{},left lung.\n{},\n", keys[0], keys[1]),
+    )
+    .unwrap();
+    let csv = tmp.join("empty-cell-eval.csv");
+    let err = bad_input(
+        &evaluate(&["--notes", path_str(&empty), "--json"], &csv),
+        "empty.csv:3",
+    );
+    assert!(err.contains("empty note"), "{err}");
+    assert!(!csv.exists());
+
+    // A row for an image the split does not have: file, row and key.
+    let stray = tmp.join("stray.csv");
+    std::fs::write(
+        &stray,
+        notes_csv(&[
+            (keys[0].as_str(), "a."),
+            (keys[1].as_str(), "b."),
+            ("mask_synth_000000.png", "c."),
+        ]),
+    )
+    .unwrap();
+    let err = bad_input(
+        &evaluate(&["--notes", path_str(&stray)], &tmp.join("stray-eval.csv")),
+        "stray.csv:4",
+    );
+    assert!(
+        err.contains("`mask_synth_000000.png` is not an image of the test split"),
+        "{err}"
+    );
+
+    // --notes is strict: it does not go with --allow-missing-notes.
+    let out = evaluate(
+        &["--notes", path_str(&good), "--allow-missing-notes"],
+        &tmp.join("x.csv"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
 #[test]
 fn export_writes_a_float16_inference_only_copy_that_evaluates() {
     let tmp = TempDir::new("export");
