@@ -3,41 +3,88 @@
 # QaTa-COV19 subset under the same time budget on this machine, then evaluated on the test split
 # with true, shuffled and empty notes. Results go to bench/results/qata-real-<stamp>/.
 #
-# Usage: bench/qata_real.sh [DATA] [MINUTES_PER_MODEL]
+# Usage: [RECLMIS_TRAIN_ARGS="--config FILE …"] bench/qata_real.sh [DATA] [MINUTES_PER_MODEL]
 #   DATA defaults to ../shared/data/qata-cov19 (LViT layout, 1000 / 250 / 600 images);
 #   80 minutes per model keeps the whole run under 3 hours on 2 cores.
+#   RECLMIS_TRAIN_ARGS: extra flags for RecLMIS's `train` only (split on whitespace, no quoting),
+#   e.g. `--config bench/recipe.toml`; the baseline keeps the common flags.
 # Model: 112 px, base 16 channels, the built-in text encoder (no CLIP weights needed), the
 # paper's losses and optimiser; the test split is only ever used by `evaluate`.
+# Also, for RecLMIS: the test split scored with every notes file bench/wordings/*.csv
+# (reclmis-wording-<suite>.{json,csv}); its best checkpoint exported as float16 and
+# inference-only (reclmis-best-fp16.safetensors, kept) and evaluated, with a check against the
+# float32 Dice; and summary.json (bench/summarize_qata.py, which also runs on its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${1:-../shared/data/qata-cov19}"
 minutes="${2:-80}"
+read -r -a extra <<< "${RECLMIS_TRAIN_ARGS:-}"
 stamp=$(date -u +%Y%m%d-%H%M%S)
 out="bench/results/qata-real-$stamp"
 mkdir -p "$out"
 cargo build --release -q -p reclmis-cli
 bin=./target/release/reclmis
+cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1 || true)
+python3 - "$out/bench.json" "$minutes" "$cpu" "$data" "${RECLMIS_TRAIN_ARGS:-}" <<'PY'
+import json, sys
+path, minutes, cpu, data, train_args = sys.argv[1:]
+with open(path, "w") as f:
+    json.dump({"minutes": float(minutes), "cpu": cpu, "data": data,
+               "reclmis_train_args": train_args}, f, indent=1)
+    f.write("\n")
+PY
 common=(--data "$data" --preset qata --image-size 112 --base-channels 16 --batch-size 16
         --epochs 1000 --time-budget-min "$minutes")
-"$bin" train "${common[@]}" --out "$out/reclmis" 2>&1 | tee "$out/reclmis-train.log"
+"$bin" train "${common[@]}" ${extra[@]+"${extra[@]}"} --out "$out/reclmis" 2>&1 \
+  | tee "$out/reclmis-train.log"
 "$bin" train "${common[@]}" --text-free --out "$out/baseline" 2>&1 | tee "$out/baseline-train.log"
 # The test split's notes are LViT's originals, while train/val carry the cleaned captions (the
 # data README); the same test images with the cleaned captions measure that change of style.
-clean="$out/test-cleaned-notes"
-mkdir -p "$clean/Test_Folder"
-ln -s "$(realpath "$data/Test_Folder/img")" "$clean/Test_Folder/img"
-ln -s "$(realpath "$data/Test_Folder/labelcol")" "$clean/Test_Folder/labelcol"
-cp "$data/Test_Folder/Test_text_cleaned.csv" "$clean/Test_Folder/Test_text.csv"
+cleaned="$data/Test_Folder/Test_text_cleaned.csv"
 for run in reclmis baseline; do
   for text in given shuffled empty; do
     "$bin" evaluate --checkpoint "$out/$run" --data "$data" --split test --text "$text" --json \
       --csv "$out/$run-test-$text.csv" | tee "$out/$run-test-$text.json"
     "$bin" evaluate --checkpoint "$out/$run" --data "$data" --split val --text "$text" --json \
       --csv "$out/$run-val-$text.csv" | tee "$out/$run-val-$text.json"
-    "$bin" evaluate --checkpoint "$out/$run" --data "$clean" --split test --text "$text" --json \
-      --csv "$out/$run-test-cleaned-$text.csv" | tee "$out/$run-test-cleaned-$text.json"
+    "$bin" evaluate --checkpoint "$out/$run" --data "$data" --split test --notes "$cleaned" \
+      --text "$text" --json --csv "$out/$run-test-cleaned-$text.csv" \
+      | tee "$out/$run-test-cleaned-$text.json"
   done
 done
-rm -r "$clean"
-# Weights are too large to record; the metrics, curves, configs and per-image CSVs stay.
-find "$out" \( -name '*.safetensors' -o -name optimizer.bin \) -delete
+# Other wordings of the test notes (one notes file per suite, whatever suites exist).
+shopt -s nullglob
+for notes in bench/wordings/*.csv; do
+  suite=$(basename "$notes" .csv)
+  "$bin" evaluate --checkpoint "$out/reclmis" --data "$data" --split test --notes "$notes" \
+    --json --csv "$out/reclmis-wording-$suite.csv" | tee "$out/reclmis-wording-$suite.json"
+done
+shopt -u nullglob
+if [[ -f bench/wordings/one_sided.txt ]]; then
+  cp bench/wordings/one_sided.txt "$out/one_sided.txt"
+fi
+# The best RecLMIS checkpoint as a small deployable file, scored like the float32 one.
+fp16="$out/reclmis-best-fp16.safetensors"
+"$bin" export --checkpoint "$out/reclmis" --out "$fp16" --fp16 --inference-only
+"$bin" evaluate --checkpoint "$fp16" --data "$data" --split test --text given --json \
+  --csv "$out/reclmis-fp16-test-given.csv" | tee "$out/reclmis-fp16-test-given.json"
+fp16_ok=0
+python3 - "$out/reclmis-test-given.json" "$out/reclmis-fp16-test-given.json" "$fp16" <<'PY' \
+  | tee "$out/fp16-check.txt" || fp16_ok=$?
+import json, os, sys
+full, half, path = sys.argv[1:]
+d32 = json.load(open(full))["dice"]
+d16 = json.load(open(half))["dice"]
+mb = os.path.getsize(path) / 1e6
+ok = abs(d16 - d32) <= 0.002 and mb < 30
+print(f"fp16 inference-only check: Dice {d16:.4f} vs {d32:.4f} in float32 "
+      f"(|diff| {abs(d16 - d32):.4f}, limit 0.002), file {mb:.1f} MB (limit 30): "
+      + ("ok" if ok else "FAILED"))
+sys.exit(0 if ok else 1)
+PY
+python3 bench/summarize_qata.py "$out"
+# Weights are too large to record (the float16 export aside); the metrics, curves, configs and
+# per-image CSVs stay.
+find "$out" \( -name '*.safetensors' ! -name '*-fp16.safetensors' -o -name optimizer.bin \) \
+  -delete
+exit "$fp16_ok"

@@ -67,8 +67,10 @@ enum Command {
     Synth(training::SynthArgs),
     /// Train on a dataset in LViT layout (the paper's recipe, every field overridable)
     Train(training::TrainArgs),
-    /// The LViT test protocol: Dice and mIoU with given, shuffled or empty notes
+    /// The LViT test protocol: Dice and mIoU with given, shuffled, empty or other notes
     Evaluate(training::EvaluateArgs),
+    /// A self-contained copy of a checkpoint, optionally float16 and inference-only
+    Export(ExportArgs),
     /// Time a training step and inference in the paper configuration
     Bench(training::BenchArgs),
     /// How the note grammar reads a notes file: findings, canonical text, unknown words
@@ -148,6 +150,23 @@ struct InspectArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct ExportArgs {
+    /// A run folder (its best.safetensors) or a checkpoint file of ours
+    #[arg(long, value_name = "RUN_OR_FILE")]
+    checkpoint: PathBuf,
+    /// Where to write the copy (.safetensors); a text tower kept beside the source is embedded
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Store float16 (half the size; loading converts back to float32)
+    #[arg(long)]
+    fp16: bool,
+    /// Leave out what only training uses (the reconstructors, CLIP's logit scale): the copy
+    /// predicts and evaluates, but cannot continue training
+    #[arg(long)]
+    inference_only: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
@@ -182,6 +201,7 @@ fn run(command: Command) -> Result<()> {
         Command::Synth(args) => training::run_synth(args),
         Command::Train(args) => training::run_train(args),
         Command::Evaluate(args) => training::run_evaluate(args),
+        Command::Export(args) => run_export(args),
         Command::Bench(args) => training::run_bench(args),
         Command::Notes(args) => run_notes(args),
     }
@@ -404,16 +424,7 @@ fn run_import(args: ImportArgs) -> Result<()> {
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_dir(dir)?;
     }
-    ours::save(
-        &args.out,
-        &model,
-        &cfg,
-        &state,
-        SaveOptions {
-            text_tower_file: None,
-        },
-    )
-    .map_err(Error::from)?;
+    ours::save(&args.out, &model, &cfg, &state, SaveOptions::default()).map_err(Error::from)?;
     let ins = reclmis::inspect::table(
         &cfg,
         &reclmis::model::weights::named_shapes(&model),
@@ -428,6 +439,38 @@ fn run_import(args: ImportArgs) -> Result<()> {
         cfg.text_encoder.kind(),
         thousands(ins.totals.all),
         thousands(ins.totals.trainable)
+    );
+    Ok(())
+}
+
+fn run_export(args: ExportArgs) -> Result<()> {
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_dir(dir)?;
+    }
+    let opts = ours::ExportOptions {
+        dtype: if args.fp16 {
+            ours::StoreDtype::F16
+        } else {
+            ours::StoreDtype::F32
+        },
+        inference_only: args.inference_only,
+    };
+    let e = ours::export(&args.checkpoint, &args.out, opts, &device()).map_err(Error::from)?;
+    let left_out = if e.inference_only {
+        format!(
+            ", inference-only ({} training-only tensors left out)",
+            e.left_out
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "wrote {} from {}: {} tensors in {}{left_out}, {:.1} MB",
+        args.out.display(),
+        e.source.display(),
+        e.tensors,
+        if args.fp16 { "float16" } else { "float32" },
+        e.bytes as f64 / 1e6
     );
     Ok(())
 }

@@ -10,10 +10,10 @@ use reclmis::Error;
 use reclmis::checkpoint::import::model_with_clip;
 use reclmis::checkpoint::ours;
 use reclmis::data::dataset::{Augment, Dataset};
-use reclmis::data::layout::{LayoutOptions, Split};
+use reclmis::data::layout::{LayoutOptions, Split, scan_split, scan_split_with_notes};
 use reclmis::data::synth::{SynthConfig, write_lvit};
 use reclmis::demo::DemoConfig;
-use reclmis::eval::{TextMode, evaluate};
+use reclmis::eval::{PROTOCOLS, TextMode, evaluate};
 use reclmis::model::{ModelConfig, Preset};
 use reclmis::train::{EpochMetrics, Event, TrainConfig, Trainer};
 
@@ -163,6 +163,11 @@ pub struct EvaluateArgs {
     pub json: bool,
     #[arg(long)]
     pub allow_missing_notes: bool,
+    /// Score with the notes of this file (.xlsx, .csv or .jsonl; `Image` = the mask name, e.g.
+    /// mask_<image>.png, any case) instead of the split's own: every image needs a row, every
+    /// row must be an image of the split. --text shuffled/empty apply on top
+    #[arg(long, value_name = "FILE", conflicts_with = "allow_missing_notes")]
+    pub notes: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -473,14 +478,19 @@ fn load_split(
         ..Default::default()
     };
     let d = Dataset::from_split(data, split, size, &opts, limit)?;
+    warn_size_mismatches(&d, split);
+    Ok(d)
+}
+
+fn warn_size_mismatches(d: &Dataset, split: Split) {
     if d.size_mismatches > 0 {
         eprintln!(
-            "warning: {} {} image(s) have a mask of another size; both were resized to {size}×{size}",
+            "warning: {} {} image(s) have a mask of another size; both were resized to {s}×{s}",
             d.size_mismatches,
-            split.name()
+            split.name(),
+            s = d.size
         );
     }
-    Ok(d)
 }
 
 pub fn run_train(args: TrainArgs) -> Result<()> {
@@ -567,24 +577,27 @@ fn model_with_clip_from_loaded(
 }
 
 pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
-    let ckpt = if args.checkpoint.is_dir() {
-        args.checkpoint.join("best.safetensors")
-    } else {
-        args.checkpoint.clone()
-    };
-    let loaded = ours::load(&ckpt, &Device::flex()).map_err(Error::from)?;
+    let ckpt = ours::checkpoint_file(&args.checkpoint);
     let split = match args.split {
         SplitArg::Train => Split::Train,
         SplitArg::Val => Split::Val,
         SplitArg::Test => Split::Test,
     };
-    let data = load_split(
-        &args.data,
-        split,
-        loaded.cfg.image_size,
-        args.allow_missing_notes,
-        None,
-    )?;
+    // Images and notes are checked before the model is loaded.
+    let scanned = match &args.notes {
+        Some(file) => scan_split_with_notes(&args.data, split, file),
+        None => {
+            let opts = LayoutOptions {
+                allow_missing_notes: args.allow_missing_notes,
+                ..Default::default()
+            };
+            scan_split(&args.data, split, &opts)
+        }
+    }
+    .map_err(Error::from)?;
+    let loaded = ours::load(&ckpt, &Device::flex()).map_err(Error::from)?;
+    let data = Dataset::from_items(&scanned.items, loaded.cfg.image_size).map_err(Error::from)?;
+    warn_size_mismatches(&data, split);
     let s = evaluate(&loaded.model, &loaded.cfg, &data, args.text, args.seed, 8);
     let csv_path = args.csv.clone().unwrap_or_else(|| {
         ckpt.parent().unwrap_or(Path::new(".")).join(format!(
@@ -602,11 +615,14 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         path: csv_path.clone(),
         source,
     })?;
+    let notes = scanned.notes_file.display().to_string();
     if args.json {
         println!(
             "{}",
             serde_json::json!({
-                "dice": s.dice, "miou": s.miou, "n": s.n, "text": s.text.to_string(),
+                "dice": s.dice, "miou": s.miou,
+                "dice_pooled": s.dice_pooled, "iou_pooled": s.iou_pooled, "protocols": PROTOCOLS,
+                "n": s.n, "text": s.text.to_string(), "notes": notes,
                 "split": split.name(), "checkpoint": ckpt.display().to_string(),
                 "text_encoder": if loaded.cfg.text_free { "none (text-free baseline)" } else { loaded.cfg.text_encoder.kind() },
                 "csv": csv_path.display().to_string(),
@@ -614,12 +630,15 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         );
     } else {
         println!(
-            "{} {} images, {} notes: Dice {:.4}, mIoU {:.4} (per image: {})",
+            "{} {} images, {} notes ({notes}): Dice {:.4} per-image mean (LViT), {:.4} pooled \
+             over pixels; mIoU {:.4}, pooled IoU {:.4} (per image: {})",
             split.name(),
             s.n,
             s.text,
             s.dice,
+            s.dice_pooled,
             s.miou,
+            s.iou_pooled,
             csv_path.display()
         );
     }

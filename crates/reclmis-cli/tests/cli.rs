@@ -505,3 +505,231 @@ fn usage_errors_exit_2() {
     assert!(v["error"].as_str().unwrap().contains("c.safetensors"));
     assert_eq!(v["exit_code"], 2);
 }
+
+/// A tiny LViT dataset (`reclmis synth`: 32 px, 7 / 1 / 2 images) and a run folder holding an
+/// untrained small model; returns both and the test split's note keys (mask names), sorted.
+fn tiny_data_and_run(tmp: &TempDir) -> (PathBuf, PathBuf, Vec<String>) {
+    use reclmis::checkpoint::ours::{self, SaveOptions, TrainState};
+    use reclmis::model::{ModelConfig, RecLMIS};
+
+    let data = tmp.join("data");
+    succeeds(&reclmis([
+        "synth",
+        "--out",
+        path_str(&data),
+        "--n",
+        "10",
+        "--size",
+        "32",
+    ]));
+    let mut keys: Vec<String> = std::fs::read_dir(data.join("Test_Folder/labelcol"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    keys.sort();
+    assert_eq!(keys.len(), 2);
+
+    let mut cfg = ModelConfig::qata();
+    cfg.image_size = 32;
+    cfg.base_channels = 8;
+    cfg.rec_layers = 1;
+    let cfg = cfg.with_builtin_text(1);
+    let model = RecLMIS::new(&cfg, 1, &burn::tensor::Device::flex());
+    let run = tmp.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    ours::save(
+        &run.join("best.safetensors"),
+        &model,
+        &cfg,
+        &TrainState::default(),
+        SaveOptions::default(),
+    )
+    .unwrap();
+    (data, run, keys)
+}
+
+fn notes_csv(rows: &[(&str, &str)]) -> String {
+    let mut text = String::from("Image,Description\n");
+    for (key, note) in rows {
+        text += &format!("{key},\"{note}\"\n");
+    }
+    text
+}
+
+#[test]
+fn evaluate_scores_with_another_notes_file() {
+    let tmp = TempDir::new("notes");
+    let (data, run, keys) = tiny_data_and_run(&tmp);
+    let evaluate = |extra: &[&str], csv: &Path| {
+        let mut args = vec![
+            "--threads",
+            "2",
+            "evaluate",
+            "--checkpoint",
+            path_str(&run),
+            "--data",
+            path_str(&data),
+            "--csv",
+            path_str(csv),
+        ];
+        args.extend_from_slice(extra);
+        reclmis(args)
+    };
+
+    // The split's own notes: named in the JSON, both protocols reported.
+    let own: serde_json::Value =
+        serde_json::from_str(&succeeds(&evaluate(&["--json"], &tmp.join("own.csv")))).unwrap();
+    assert!(
+        own["notes"].as_str().unwrap().ends_with("Test_text.xlsx"),
+        "{own}"
+    );
+
+    // Another wording, keys in another case.
+    let good = tmp.join("good.csv");
+    let upper: Vec<String> = keys.iter().map(|k| k.to_uppercase()).collect();
+    std::fs::write(
+        &good,
+        notes_csv(&[
+            (upper[0].as_str(), "lesion in the upper left lung."),
+            (upper[1].as_str(), "lesion in the lower right lung."),
+        ]),
+    )
+    .unwrap();
+    let csv = tmp.join("good-eval.csv");
+    let json = succeeds(&evaluate(&["--notes", path_str(&good), "--json"], &csv));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["n"], 2);
+    assert_eq!(v["notes"], path_str(&good));
+    for field in ["dice", "miou", "dice_pooled", "iou_pooled"] {
+        let x = v[field].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&x), "{field}: {json}");
+    }
+    assert!(v["protocols"].as_str().unwrap().contains("LViT"), "{json}");
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    assert!(
+        rows.contains(&format!("{},lesion in the upper left lung.", keys[0])),
+        "{rows}"
+    );
+    // --text empty still applies on top; the text output names both protocols.
+    let out = succeeds(&evaluate(
+        &["--notes", path_str(&good), "--text", "empty"],
+        &tmp.join("empty-eval.csv"),
+    ));
+    assert!(
+        out.contains("per-image mean (LViT)") && out.contains("pooled over pixels"),
+        "{out}"
+    );
+    assert!(out.contains("empty notes ("), "{out}");
+
+    // An image without a row: the file and the image's key; nothing written.
+    let missing = tmp.join("missing.csv");
+    std::fs::write(&missing, notes_csv(&[(keys[0].as_str(), "left lung.")])).unwrap();
+    let csv = tmp.join("missing-eval.csv");
+    let err = bad_input(
+        &evaluate(&["--notes", path_str(&missing)], &csv),
+        "missing.csv",
+    );
+    assert!(
+        err.contains(&format!("no row for image `{}`", keys[1])),
+        "{err}"
+    );
+    assert!(!csv.exists(), "nothing is written on failure");
+
+    // An empty note cell: the file and its row.
+    let empty = tmp.join("empty.csv");
+    std::fs::write(
+        &empty,
+        format!("Image,Description\n{},left lung.\n{},\n", keys[0], keys[1]),
+    )
+    .unwrap();
+    let csv = tmp.join("empty-cell-eval.csv");
+    let err = bad_input(
+        &evaluate(&["--notes", path_str(&empty), "--json"], &csv),
+        "empty.csv:3",
+    );
+    assert!(err.contains("empty note"), "{err}");
+    assert!(!csv.exists());
+
+    // A row for an image the split does not have: file, row and key.
+    let stray = tmp.join("stray.csv");
+    std::fs::write(
+        &stray,
+        notes_csv(&[
+            (keys[0].as_str(), "a."),
+            (keys[1].as_str(), "b."),
+            ("mask_synth_000000.png", "c."),
+        ]),
+    )
+    .unwrap();
+    let err = bad_input(
+        &evaluate(&["--notes", path_str(&stray)], &tmp.join("stray-eval.csv")),
+        "stray.csv:4",
+    );
+    assert!(
+        err.contains("`mask_synth_000000.png` is not an image of the test split"),
+        "{err}"
+    );
+
+    // --notes is strict: it does not go with --allow-missing-notes.
+    let out = evaluate(
+        &["--notes", path_str(&good), "--allow-missing-notes"],
+        &tmp.join("x.csv"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn export_writes_a_float16_inference_only_copy_that_evaluates() {
+    let tmp = TempDir::new("export");
+    let (data, run, _) = tiny_data_and_run(&tmp);
+    let lean = tmp.join("out/lean-fp16.safetensors");
+    let out = succeeds(&reclmis([
+        "export",
+        "--checkpoint",
+        path_str(&run),
+        "--out",
+        path_str(&lean),
+        "--fp16",
+        "--inference-only",
+    ]));
+    assert!(
+        out.contains("float16") && out.contains("training-only tensors left out"),
+        "{out}"
+    );
+    let full = std::fs::metadata(run.join("best.safetensors"))
+        .unwrap()
+        .len();
+    let small = std::fs::metadata(&lean).unwrap().len();
+    assert!(small < full / 2, "{small} vs {full}");
+
+    let dice = |ckpt: &Path| {
+        let json = succeeds(&reclmis([
+            "evaluate",
+            "--checkpoint",
+            path_str(ckpt),
+            "--data",
+            path_str(&data),
+            "--csv",
+            path_str(&tmp.join("eval.csv")),
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["dice"].as_f64().unwrap()
+    };
+    let (a, b) = (dice(&run), dice(&lean));
+    assert!((a - b).abs() < 2e-3, "fp32 {a}, fp16 inference-only {b}");
+
+    // A source that is not a checkpoint: exit 2, nothing written.
+    let junk = tmp.join("junk.safetensors");
+    std::fs::write(&junk, b"not a checkpoint").unwrap();
+    let target = tmp.join("never.safetensors");
+    let out = reclmis([
+        "export",
+        "--checkpoint",
+        path_str(&junk),
+        "--out",
+        path_str(&target),
+    ]);
+    bad_input(&out, "junk.safetensors");
+    assert!(!target.exists());
+}

@@ -156,7 +156,9 @@ fn checkpoint_hint(e: &CheckpointError) -> Option<String> {
                 .into(),
         ),
         CheckpointError::Write { source, .. } => io_hint(source),
-        CheckpointError::NewerFormat { .. } | CheckpointError::Config { .. } => None,
+        CheckpointError::NewerFormat { .. }
+        | CheckpointError::Config { .. }
+        | CheckpointError::Fp16Range { .. } => None,
     }
 }
 

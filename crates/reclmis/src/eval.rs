@@ -4,7 +4,7 @@ use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::{Dataset, Sample};
-use crate::data::metrics::{self, TestScores};
+use crate::data::metrics::{self, Counts};
 use crate::model::init::SplitMix64;
 use crate::model::{Branches, ModelConfig, RecLMIS, to_vec};
 use crate::train::{TextCache, make_batch};
@@ -51,11 +51,20 @@ pub struct ImageScore {
     pub iou: f64,
 }
 
+/// The two ways the scores are pooled, in a few words (for `--json` readers).
+pub const PROTOCOLS: &str = "dice, miou: mean over images of each image's Dice and IoU (LViT's \
+     test protocol, the paper's numbers); dice_pooled, iou_pooled: one Dice and IoU over all \
+     pixels of all images, 2·ΣTP/(2·ΣTP+ΣFP+ΣFN) and ΣTP/(ΣTP+ΣFP+ΣFN); both threshold p > 0.5";
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalSummary {
     /// Mean per-image Dice and IoU, as fractions (the paper reports ×100).
     pub dice: f64,
     pub miou: f64,
+    /// Dice and IoU of the pixel counts summed over all images: large lesions weigh more, and
+    /// an image with an empty prediction and mask adds nothing instead of a 0.
+    pub dice_pooled: f64,
+    pub iou_pooled: f64,
     pub n: usize,
     pub text: TextMode,
     #[serde(skip)]
@@ -125,18 +134,30 @@ pub fn evaluate(
 ) -> EvalSummary {
     let notes = notes_for(data, mode, seed);
     let probs = predict_probs(model, cfg, data, &notes, batch_size);
+    score(data, &probs, notes, mode)
+}
+
+/// Per-image scores, their means and the pooled scores of `probs` (one `[S·S]` per sample).
+pub fn score(
+    data: &Dataset,
+    probs: &[Vec<f32>],
+    notes: Vec<String>,
+    mode: TextMode,
+) -> EvalSummary {
+    let mut total = Counts::default();
     let per_image: Vec<ImageScore> = data
         .samples
         .iter()
-        .zip(&probs)
+        .zip(probs)
         .zip(notes)
         .map(|((s, p), note)| {
-            let TestScores { dice, iou } = metrics::test_scores(p, &s.mask);
+            let counts = metrics::test_counts(p, &s.mask);
+            total += counts;
             ImageScore {
                 key: s.key.clone(),
                 note,
-                dice: dice as f64,
-                iou,
+                dice: f64::from(metrics::test_dice(counts)),
+                iou: metrics::jaccard(counts),
             }
         })
         .collect();
@@ -145,8 +166,51 @@ pub fn evaluate(
     EvalSummary {
         dice: mean(|s| s.dice),
         miou: mean(|s| s.iou),
+        dice_pooled: metrics::pooled_dice(total),
+        iou_pooled: metrics::jaccard(total),
         n,
         text: mode,
         per_image,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::dataset::Sample;
+
+    fn sample(key: &str, mask: [u8; 4]) -> Sample {
+        Sample {
+            key: key.into(),
+            image: vec![0; 3 * 4],
+            mask: mask.to_vec(),
+            note: format!("note of {key}"),
+        }
+    }
+
+    #[test]
+    fn per_image_mean_and_pooled_differ_by_hand() {
+        // Two 2×2 images. `a`: all four pixels lesion, all predicted: tp 4, Σp 4, Σg 4, so
+        // Dice 8/(8 + 1e-5) and IoU 1. `b`: one lesion pixel, one other pixel predicted: tp 0,
+        // Dice 0, IoU 0. Per-image means: Dice ≈ 0.5, mIoU 0.5. Pooled: tp 4, Σp 5, Σg 5, so
+        // Dice 8/10 = 0.8 and IoU 4/(4 + 1 + 1) = 2/3.
+        let data = Dataset {
+            size: 2,
+            samples: vec![sample("a", [1, 1, 1, 1]), sample("b", [1, 0, 0, 0])],
+            ..Dataset::default()
+        };
+        let probs = vec![vec![0.9, 0.8, 0.7, 0.6], vec![0.1, 0.9, 0.5, 0.2]];
+        let notes = notes_for(&data, TextMode::Given, 0);
+        let s = score(&data, &probs, notes, TextMode::Given);
+        let dice_a = f64::from(8.0f32 / (8.0f32 + 1e-5));
+        assert_eq!(s.per_image[0].dice, dice_a);
+        assert_eq!((s.per_image[1].dice, s.per_image[1].iou), (0.0, 0.0));
+        assert_eq!(s.dice, dice_a / 2.0);
+        assert!((s.dice - 0.5).abs() < 1e-6, "{}", s.dice);
+        assert_eq!(s.miou, 0.5);
+        assert_eq!(s.dice_pooled, 0.8);
+        assert_eq!(s.iou_pooled, 2.0 / 3.0);
+        assert_eq!(s.n, 2);
+        assert_eq!(s.per_image[1].note, "note of b");
     }
 }

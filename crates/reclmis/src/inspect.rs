@@ -157,6 +157,20 @@ const BLOCKS: &[BlockDef] = &[
     },
 ];
 
+/// The role of the block a state-dict key belongs to; `None` for keys outside every block.
+pub fn role_of(key: &str) -> Option<Role> {
+    BLOCKS
+        .iter()
+        .find(|d| d.prefixes.iter().any(|p| key.starts_with(p)))
+        .map(|d| d.role)
+}
+
+/// Whether only training reads this tensor (a reconstructor, CLIP's logit scale), so an
+/// inference-only checkpoint may leave it out. Keys outside the known blocks are kept.
+pub fn is_training_only(key: &str) -> bool {
+    role_of(key) == Some(Role::Training)
+}
+
 fn is_buffer(key: &str) -> bool {
     key.ends_with(".running_mean") || key.ends_with(".running_var")
 }

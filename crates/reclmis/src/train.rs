@@ -659,6 +659,7 @@ impl Trainer {
         let Some(p) = &self.paths else { return Ok(()) };
         let opts = || SaveOptions {
             text_tower_file: Some(TEXT_TOWER_FILE),
+            ..SaveOptions::default()
         };
         if best {
             ours::save(&p.best(), &self.model, &self.cfg.model, &self.state, opts())?;

@@ -3,7 +3,8 @@
 //!
 //! Tensors keep the authors' state-dict names. A frozen text tower may live in a sibling file
 //! named by the `text_tower` metadata field, so per-epoch training checkpoints carry only what
-//! training changes; an imported checkpoint is one self-contained file.
+//! training changes; an imported checkpoint is one self-contained file, and so is an exported one
+//! (`export`), which may also store float16 and leave out what only training uses.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,11 +14,17 @@ use burn::tensor::Device;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
+use crate::inspect::is_training_only;
 use crate::model::weights::{HostTensor, WeightsError, load_tensors, named_tensors};
 use crate::model::{ModelConfig, RecLMIS};
+use crate::train::RunPaths;
 
 pub const FORMAT: &str = "reclmis-checkpoint";
 pub const FORMAT_VERSION: u32 = 1;
+
+/// Metadata field marking a checkpoint without the training-only tensors: `"true"` lets `load`
+/// initialise them instead of failing.
+pub const INFERENCE_ONLY: &str = "inference_only";
 
 /// Where training stood when the checkpoint was written.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -62,6 +69,27 @@ pub enum CheckpointError {
         first: String,
         count: usize,
     },
+    #[error(
+        "{path}: tensor '{key}' holds {value}, outside float16's range (±65504); keep this \
+         checkpoint in float32"
+    )]
+    Fp16Range {
+        path: PathBuf,
+        key: String,
+        value: f32,
+    },
+}
+
+/// The checkpoint file of `path`: a run folder means its `best.safetensors`.
+pub fn checkpoint_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        RunPaths {
+            dir: path.to_path_buf(),
+        }
+        .best()
+    } else {
+        path.to_path_buf()
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary sibling and a rename, so a reader never sees a
@@ -88,17 +116,55 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// How a checkpoint stores its tensors; `load` reads either into float32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreDtype {
+    /// Exactly what the model computes with.
+    #[default]
+    F32,
+    /// Half the size; weights rounded to 11 significant bits.
+    F16,
+}
+
+impl StoreDtype {
+    fn safetensors(self) -> Dtype {
+        match self {
+            StoreDtype::F32 => Dtype::F32,
+            StoreDtype::F16 => Dtype::F16,
+        }
+    }
+}
+
 /// What to put in a checkpoint file.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct SaveOptions<'a> {
     /// Leave the frozen text tower out and point to this sibling file instead.
     pub text_tower_file: Option<&'a str>,
+    pub dtype: StoreDtype,
+    /// Leave out the tensors only training uses (`inspect`'s "training only" blocks: the
+    /// reconstructors and CLIP's logit scale) and mark the file, so `load` initialises them.
+    pub inference_only: bool,
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Serialises named tensors and metadata to safetensors bytes.
+/// Float16 bytes, or the first finite value float16 cannot hold.
+fn f16_bytes(v: &[f32]) -> Result<Vec<u8>, f32> {
+    let mut out = Vec::with_capacity(2 * v.len());
+    for &x in v {
+        let h = half::f16::from_f32(x);
+        if x.is_finite() && !h.is_finite() {
+            return Err(x);
+        }
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// Serialises named tensors and metadata to safetensors bytes (float32).
 pub fn encode(
     tensors: &[(String, HostTensor)],
     metadata: HashMap<String, String>,
@@ -107,23 +173,45 @@ pub fn encode(
         .iter()
         .map(|(k, t)| (k.clone(), t.shape.clone(), f32_bytes(&t.data)))
         .collect();
+    serialize(&bytes, Dtype::F32, metadata)
+}
+
+fn serialize(
+    bytes: &[(String, Vec<usize>, Vec<u8>)],
+    dtype: Dtype,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, safetensors::SafeTensorError> {
     let views: Vec<(String, TensorView)> = bytes
         .iter()
-        .map(|(k, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (k.clone(), v)))
+        .map(|(k, s, b)| TensorView::new(dtype, s.clone(), b).map(|v| (k.clone(), v)))
         .collect::<Result<_, _>>()?;
     safetensors::serialize(views, Some(metadata))
 }
 
-/// Encodes and writes atomically.
+/// Encodes in `dtype` and writes atomically.
 fn write_tensors(
     path: &Path,
     tensors: &[(String, HostTensor)],
     meta: HashMap<String, String>,
+    dtype: StoreDtype,
 ) -> Result<(), CheckpointError> {
-    let bytes = encode(tensors, meta).map_err(|e| CheckpointError::Format {
-        path: path.into(),
-        detail: e.to_string(),
-    })?;
+    let mut bytes = Vec::with_capacity(tensors.len());
+    for (key, t) in tensors {
+        let data = match dtype {
+            StoreDtype::F32 => f32_bytes(&t.data),
+            StoreDtype::F16 => f16_bytes(&t.data).map_err(|value| CheckpointError::Fp16Range {
+                path: path.into(),
+                key: key.clone(),
+                value,
+            })?,
+        };
+        bytes.push((key.clone(), t.shape.clone(), data));
+    }
+    let bytes =
+        serialize(&bytes, dtype.safetensors(), meta).map_err(|e| CheckpointError::Format {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
     write_atomic(path, &bytes).map_err(|source| CheckpointError::Write {
         path: path.into(),
         source,
@@ -154,7 +242,11 @@ pub fn save(
         tensors.retain(|(k, _)| !k.starts_with("clip."));
         meta.insert("text_tower".into(), file.into());
     }
-    write_tensors(path, &tensors, meta)
+    if opts.inference_only {
+        tensors.retain(|(k, _)| !is_training_only(k));
+        meta.insert(INFERENCE_ONLY.into(), "true".into());
+    }
+    write_tensors(path, &tensors, meta, opts.dtype)
 }
 
 /// Saves only the text tower (`clip.*`), for checkpoints that refer to it.
@@ -167,7 +259,7 @@ pub fn save_text_tower(path: &Path, model: &RecLMIS) -> Result<(), CheckpointErr
     meta.insert("format".into(), FORMAT.into());
     meta.insert("format_version".into(), FORMAT_VERSION.to_string());
     meta.insert("content".into(), "text_tower".into());
-    write_tensors(path, &tensors, meta)
+    write_tensors(path, &tensors, meta, StoreDtype::F32)
 }
 
 /// A decoded checkpoint file: its metadata and float tensors.
@@ -283,12 +375,17 @@ pub struct Loaded {
     pub model: RecLMIS,
     pub cfg: ModelConfig,
     pub state: TrainState,
+    /// The file left out the training-only tensors; the model holds fresh ones in their place.
+    pub inference_only: bool,
 }
 
 /// Loads a checkpoint of ours. Every model tensor must be present (directly or in the referenced
-/// text-tower file) with the shape the config implies; otherwise nothing is loaded.
+/// text-tower file) with the shape the config implies; otherwise nothing is loaded. The one
+/// exception: a file marked inference-only may lack the training-only tensors, which are then
+/// freshly initialised (segmentation and POI/WOI never read them).
 pub fn load(path: &Path, device: &Device) -> Result<Loaded, CheckpointError> {
     let raw = read_raw(path)?;
+    let inference_only = raw.metadata.get(INFERENCE_ONLY).map(String::as_str) == Some("true");
     let (cfg, state) = parse_metadata(path, &raw.metadata)?;
     let mut tensors = raw.tensors;
     if let Some(tower) = raw.metadata.get("text_tower") {
@@ -302,15 +399,300 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded, CheckpointError> {
             path: path.into(),
             source,
         })?;
-    if let Some(first) = report.missing.first() {
+    let missing: Vec<&String> = report
+        .missing
+        .iter()
+        .filter(|k| !(inference_only && is_training_only(k)))
+        .collect();
+    if let Some(first) = missing.first() {
         return Err(CheckpointError::Missing {
             path: path.into(),
-            first: first.clone(),
-            count: report.missing.len(),
+            first: first.to_string(),
+            count: missing.len(),
         });
     }
     if cfg.text_encoder.is_frozen() {
         model.clip = model.clip.set_require_grad(false);
     }
-    Ok(Loaded { model, cfg, state })
+    Ok(Loaded {
+        model,
+        cfg,
+        state,
+        inference_only,
+    })
+}
+
+/// How `export` writes its copy.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExportOptions {
+    pub dtype: StoreDtype,
+    /// Leave out the training-only tensors (see [`SaveOptions::inference_only`]).
+    pub inference_only: bool,
+}
+
+/// What `export` wrote.
+#[derive(Clone, Debug)]
+pub struct Exported {
+    /// The checkpoint file read (a run folder's `best.safetensors`).
+    pub source: PathBuf,
+    pub cfg: ModelConfig,
+    pub tensors: usize,
+    /// Training-only tensors left out.
+    pub left_out: usize,
+    pub inference_only: bool,
+    pub bytes: u64,
+}
+
+/// Writes a self-contained copy of the checkpoint `src` (a file, or a run folder's best) to
+/// `out`: a text tower kept in a sibling file is embedded, tensors are stored in `opts.dtype`,
+/// and with `opts.inference_only` the training-only tensors are left out. The source is loaded
+/// and checked first, so a bad source writes nothing. A source that is itself inference-only
+/// stays so: its training-only tensors cannot be brought back.
+pub fn export(
+    src: &Path,
+    out: &Path,
+    opts: ExportOptions,
+    device: &Device,
+) -> Result<Exported, CheckpointError> {
+    let source = checkpoint_file(src);
+    let loaded = load(&source, device)?;
+    let inference_only = opts.inference_only || loaded.inference_only;
+    let keys: Vec<String> = crate::model::weights::named_shapes(&loaded.model)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let left_out = if inference_only {
+        keys.iter().filter(|k| is_training_only(k)).count()
+    } else {
+        0
+    };
+    save(
+        out,
+        &loaded.model,
+        &loaded.cfg,
+        &loaded.state,
+        SaveOptions {
+            text_tower_file: None,
+            dtype: opts.dtype,
+            inference_only,
+        },
+    )?;
+    let bytes = std::fs::metadata(out).map_or(0, |m| m.len());
+    Ok(Exported {
+        source,
+        cfg: loaded.cfg,
+        tensors: keys.len() - left_out,
+        left_out,
+        inference_only,
+        bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::dataset::Dataset;
+    use crate::data::synth::SynthConfig;
+    use crate::eval::{TextMode, evaluate, notes_for, predict_probs};
+    use crate::model::TextEncoderConfig;
+    use crate::model::weights::named_shapes;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("reclmis-ours-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir is writable");
+        dir
+    }
+
+    /// A small model with a frozen CLIP-shaped tower, so a run folder keeps it in a sibling.
+    fn small() -> ModelConfig {
+        let mut m = ModelConfig::qata();
+        m.image_size = 32;
+        m.base_channels = 8;
+        m.rec_layers = 1;
+        m.text_encoder = TextEncoderConfig::Clip {
+            vocab: 49408,
+            context: 77,
+            width: 64,
+            layers: 1,
+            heads: 1,
+            embed: 64,
+        };
+        m
+    }
+
+    fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+        a.iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn fp16_and_inference_only_exports_predict_like_the_original() {
+        let device = Device::flex();
+        let cfg = small();
+        let model = RecLMIS::new(&cfg, 3, &device);
+        // A run folder: best.safetensors points at its text tower.
+        let run = scratch("export");
+        let tower = "text_tower.safetensors";
+        let opts = SaveOptions {
+            text_tower_file: Some(tower),
+            ..SaveOptions::default()
+        };
+        save(
+            &run.join("best.safetensors"),
+            &model,
+            &cfg,
+            &TrainState::default(),
+            opts,
+        )
+        .expect("saves");
+        save_text_tower(&run.join(tower), &model).expect("saves");
+        assert!(
+            !read_raw(&run.join("best.safetensors"))
+                .expect("reads")
+                .tensors
+                .contains_key("clip.token_embedding.weight")
+        );
+
+        let out = scratch("export-out");
+        let (full, half, lean) = (
+            out.join("full.safetensors"),
+            out.join("half.safetensors"),
+            out.join("lean.safetensors"),
+        );
+        let f16 = ExportOptions {
+            dtype: StoreDtype::F16,
+            inference_only: false,
+        };
+        let all = named_shapes(&model).len();
+        let e = export(&run, &full, ExportOptions::default(), &device).expect("exports");
+        assert_eq!((e.tensors, e.left_out, e.inference_only), (all, 0, false));
+        assert!(e.source.ends_with("best.safetensors"));
+        export(&run, &half, f16, &device).expect("exports");
+        let lean_options = ExportOptions {
+            inference_only: true,
+            ..f16
+        };
+        let e = export(&run, &lean, lean_options, &device).expect("exports");
+        // rec_text_trans1, rec_img_trans1 and clip.logit_scale go; the POI/WOI heads stay.
+        assert!(e.inference_only && e.left_out > 2 && e.tensors + e.left_out == all);
+        std::fs::remove_dir_all(&run).expect("rm");
+
+        // Self-contained (the tower is embedded), float16 throughout, about half the size.
+        let size = |p: &Path| std::fs::metadata(p).expect("exists").len();
+        let bytes = std::fs::read(&half).expect("reads");
+        let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+        assert!(st.tensors().iter().all(|(_, v)| v.dtype() == Dtype::F16));
+        assert!(st.tensor("clip.token_embedding.weight").is_ok());
+        assert!(size(&half) < size(&full) / 2 + 16 * 1024, "{}", size(&half));
+        let raw = read_raw(&lean).expect("reads");
+        assert_eq!(
+            raw.metadata.get(INFERENCE_ONLY).map(String::as_str),
+            Some("true")
+        );
+        assert!(!raw.metadata.contains_key("text_tower"));
+        assert_eq!(raw.tensors.len(), e.tensors);
+        assert!(raw.tensors.keys().all(|k| !is_training_only(k)));
+        assert!(raw.tensors.contains_key("mlp_woi.0.weight"));
+        assert!(size(&lean) < size(&half));
+
+        // Loaded back as float32: every weight is its float16 rounding.
+        let original: HashMap<String, HostTensor> = named_tensors(&model).into_iter().collect();
+        let loaded = load(&half, &device).expect("loads");
+        assert!(!loaded.inference_only);
+        for (key, t) in named_tensors(&loaded.model) {
+            let rounded: Vec<f32> = original[&key]
+                .data
+                .iter()
+                .map(|&x| half::f16::from_f32(x).to_f32())
+                .collect();
+            assert_eq!(t.data, rounded, "{key}");
+        }
+
+        // Probabilities within 1e-2 of float32's, for the full and the inference-only file.
+        let data = Dataset::synthetic(
+            &SynthConfig {
+                size: 32,
+                seed: 1,
+                ..Default::default()
+            },
+            0..6,
+        );
+        let notes = notes_for(&data, TextMode::Given, 0);
+        let reference = predict_probs(&model, &cfg, &data, &notes, 4);
+        let from_full = load(&full, &device).expect("loads");
+        assert_eq!(
+            predict_probs(&from_full.model, &cfg, &data, &notes, 4),
+            reference
+        );
+        let lean_loaded = load(&lean, &device).expect("loads");
+        assert!(lean_loaded.inference_only);
+        for m in [&loaded, &lean_loaded] {
+            let probs = predict_probs(&m.model, &m.cfg, &data, &notes, 4);
+            let err = max_abs_diff(&probs, &reference);
+            assert!(err < 1e-2, "float16 moves a probability by {err}");
+        }
+        // The inference-only model evaluates exactly as the full float16 one: what it lacks is
+        // off the segmentation path.
+        let a = evaluate(&loaded.model, &cfg, &data, TextMode::Given, 0, 4);
+        let b = evaluate(&lean_loaded.model, &cfg, &data, TextMode::Given, 0, 4);
+        assert_eq!((a.n, a.dice, a.dice_pooled), (b.n, b.dice, b.dice_pooled));
+        std::fs::remove_dir_all(&out).ok();
+    }
+
+    #[test]
+    fn only_inference_only_files_may_lack_training_tensors() {
+        let device = Device::flex();
+        let cfg = small();
+        let model = RecLMIS::new(&cfg, 4, &device);
+        let dir = scratch("missing");
+        let full = dir.join("full.safetensors");
+        save(
+            &full,
+            &model,
+            &cfg,
+            &TrainState::default(),
+            SaveOptions::default(),
+        )
+        .expect("saves");
+        let raw = read_raw(&full).expect("reads");
+        let write_without = |name: &str,
+                             drop: &dyn Fn(&str) -> bool,
+                             meta: &HashMap<String, String>| {
+            let mut tensors: Vec<(String, HostTensor)> = raw
+                .tensors
+                .iter()
+                .filter(|(k, _)| !drop(k))
+                .map(|(k, t)| (k.clone(), t.clone()))
+                .collect();
+            tensors.sort_by(|a, b| a.0.cmp(&b.0));
+            let path = dir.join(name);
+            std::fs::write(&path, encode(&tensors, meta.clone()).expect("encodes")).expect("write");
+            path
+        };
+        let no_rec = |k: &str| k.starts_with("rec_img_trans1.");
+        // A normal checkpoint without a reconstructor: an error naming a missing tensor.
+        let path = write_without("plain.safetensors", &no_rec, &raw.metadata);
+        match load(&path, &device) {
+            Err(CheckpointError::Missing { first, count, .. }) => {
+                assert!(first.starts_with("rec_img_trans1.") && count > 1, "{first}");
+            }
+            other => panic!("expected a missing tensor, got {:?}", other.err()),
+        }
+        // Marked inference-only: the reconstructor is initialised instead.
+        let mut marked = raw.metadata.clone();
+        marked.insert(INFERENCE_ONLY.into(), "true".into());
+        let path = write_without("marked.safetensors", &no_rec, &marked);
+        assert!(load(&path, &device).expect("loads").inference_only);
+        // Even marked, a tensor on the inference path must be there.
+        let path = write_without("no-outc.safetensors", &|k| k.starts_with("outc."), &marked);
+        match load(&path, &device) {
+            Err(CheckpointError::Missing { first, .. }) => assert!(first.starts_with("outc.")),
+            other => panic!("expected a missing tensor, got {:?}", other.err()),
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -103,15 +103,7 @@ pub fn scan_split(
     split: Split,
     options: &LayoutOptions,
 ) -> Result<SplitItems, DataError> {
-    if !root.is_dir() {
-        return Err(DataError::MissingPath {
-            what: "data folder".into(),
-            path: root.to_path_buf(),
-        });
-    }
-    let folder = SplitFolder::open(root, split)?;
-    let convention = folder.convention();
-    let pairs = folder.pairs(convention)?;
+    let (convention, pairs) = split_pairs(root, split)?;
 
     let notes_path = match &options.notes {
         Some(path) => path.clone(),
@@ -191,6 +183,90 @@ pub fn scan_split(
     })
 }
 
+/// Lists and pairs the files of one split: its convention and `(image, mask, key)` per pair.
+fn split_pairs(root: &Path, split: Split) -> Result<(Convention, Vec<Pair>), DataError> {
+    if !root.is_dir() {
+        return Err(DataError::MissingPath {
+            what: "data folder".into(),
+            path: root.to_path_buf(),
+        });
+    }
+    let folder = SplitFolder::open(root, split)?;
+    let convention = folder.convention();
+    let pairs = folder.pairs(convention)?;
+    Ok((convention, pairs))
+}
+
+/// Lists and pairs one split as [`scan_split`] does, but annotates it with `notes_file` instead
+/// of the layout's own notes, strictly (see [`replace_notes`]); the layout's notes file is not
+/// needed. For scoring the same images with other wordings of their notes.
+pub fn scan_split_with_notes(
+    root: &Path,
+    split: Split,
+    notes_file: &Path,
+) -> Result<SplitItems, DataError> {
+    let (convention, pairs) = split_pairs(root, split)?;
+    let notes = Notes::read(notes_file)?;
+    let mut items: Vec<Item> = pairs
+        .into_iter()
+        .map(|(image, mask, key)| Item {
+            image,
+            mask,
+            key,
+            note: String::new(),
+        })
+        .collect();
+    replace_notes(&mut items, &notes, split)?;
+    items.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| a.image.cmp(&b.image)));
+    Ok(SplitItems {
+        split,
+        convention,
+        notes_file: notes_file.to_path_buf(),
+        items,
+        missing_notes: Vec::new(),
+    })
+}
+
+/// Gives every item of `split` the note `notes` holds for its key, matched as the layout
+/// matches (the mask name, e.g. `mask_<image>.png` for QaTa; exact, else ignoring case).
+/// Strict in both directions: a row whose key is no item of the split is an error naming its
+/// row, and so is an item without a row (naming its key). Items are untouched on error.
+pub fn replace_notes(items: &mut [Item], notes: &Notes, split: Split) -> Result<(), DataError> {
+    let keys: BTreeSet<String> = items.iter().map(|i| i.key.to_lowercase()).collect();
+    let mut strays = notes
+        .iter()
+        .filter(|n| !keys.contains(&n.key.to_lowercase()));
+    if let Some(first) = strays.next() {
+        let more = match strays.count() {
+            0 => String::new(),
+            n => format!(" ({n} more rows like it)"),
+        };
+        return Err(DataError::BadRow {
+            path: notes.path().to_path_buf(),
+            row: first.row,
+            reason: format!("`{}` is not an image of the {split} split{more}", first.key),
+        });
+    }
+    let missing: Vec<&str> = items
+        .iter()
+        .filter(|i| notes.get(&i.key).is_none())
+        .map(|i| i.key.as_str())
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(DataError::MissingNote {
+            path: notes.path().to_path_buf(),
+            key: first.to_string(),
+            count: missing.len(),
+        });
+    }
+    for item in items.iter_mut() {
+        if let Some(note) = notes.get(&item.key) {
+            item.note = note.text.clone();
+        }
+    }
+    Ok(())
+}
+
 /// The notes file of `split`: first `<Split>_Folder/<Split>_text.*`, then (train and val)
 /// `Train_Folder/Train_Val_text.*`.
 fn find_notes_file(root: &Path, split: Split) -> Result<PathBuf, DataError> {
@@ -234,6 +310,9 @@ fn child(dir: &Path, name: &str) -> Option<PathBuf> {
     matches.into_iter().next()
 }
 
+/// `(image path, mask path, note key)`.
+type Pair = (PathBuf, PathBuf, String);
+
 struct SplitFolder {
     img_dir: PathBuf,
     mask_dir: PathBuf,
@@ -275,7 +354,7 @@ impl SplitFolder {
     }
 
     /// `(image path, mask path, key)` for every enumerated file, or the unmatched ones as an error.
-    fn pairs(&self, convention: Convention) -> Result<Vec<(PathBuf, PathBuf, String)>, DataError> {
+    fn pairs(&self, convention: Convention) -> Result<Vec<Pair>, DataError> {
         let (listed, listed_dir, others, other_dir) = match convention {
             Convention::QaTa => (&self.masks, &self.mask_dir, &self.images, &self.img_dir),
             Convention::MosMed => (&self.images, &self.img_dir, &self.masks, &self.mask_dir),
@@ -630,6 +709,77 @@ mod tests {
             err.hint()
                 .is_some_and(|h| h.contains("--allow-missing-notes"))
         );
+    }
+
+    #[test]
+    fn other_notes_replace_the_layouts_strictly() {
+        let tree = qata_tree("replace");
+        // The layout's own notes are not needed; keys match ignoring case.
+        std::fs::remove_file(tree.0.join("Test_Folder/Test_text.jsonl")).expect("rm");
+        let other = tree.0.join("other.csv");
+        std::fs::write(&other, csv(&[("MASK_T_1.PNG", "reworded")])).expect("write");
+        let test = scan_split_with_notes(&tree.0, Split::Test, &other).expect("scans");
+        assert_eq!(test.notes_file, other);
+        assert_eq!(
+            names(&test),
+            [(
+                "t_1.png".into(),
+                "mask_t_1.png".into(),
+                "mask_t_1.png",
+                "reworded"
+            )]
+        );
+
+        // A row for an image of another split: file, row and key.
+        let train_val = tree.0.join("Train_Folder/Train_Val_text.csv");
+        let err = scan_split_with_notes(&tree.0, Split::Train, &train_val).expect_err("val row");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "`mask_covid_3.png` is not an image of the train split ({}:4)",
+                train_val.display()
+            )
+        );
+        std::fs::write(
+            &other,
+            csv(&[
+                ("mask_t_1.png", "a"),
+                ("mask_t_8.png", "b"),
+                ("t_9.png", "c"),
+            ]),
+        )
+        .expect("write");
+        let err = scan_split_with_notes(&tree.0, Split::Test, &other).expect_err("strays");
+        assert!(
+            err.to_string()
+                .starts_with("`mask_t_8.png` is not an image of the test split (1 more rows"),
+            "{err}"
+        );
+        assert!(err.to_string().ends_with("other.csv:3)"), "{err}");
+
+        // An image without a row: file and key; the image name alone is not its key.
+        tree.files("Test_Folder/img", &["t_2.png"])
+            .files("Test_Folder/labelcol", &["mask_t_2.png"]);
+        std::fs::write(&other, csv(&[("mask_t_1.png", "a")])).expect("write");
+        let err = scan_split_with_notes(&tree.0, Split::Test, &other).expect_err("no row");
+        assert_eq!(
+            err.to_string(),
+            format!("no row for image `mask_t_2.png` ({})", other.display())
+        );
+        assert!(err.hint().is_some_and(|h| h.contains("mask_<image>.png")));
+        std::fs::write(&other, "Image,Description\n").expect("write");
+        let err = scan_split_with_notes(&tree.0, Split::Test, &other).expect_err("no rows");
+        assert!(
+            err.to_string()
+                .starts_with("no row for image `mask_t_1.png` (1 more images without a row)"),
+            "{err}"
+        );
+
+        // An empty note cell is the reader's row error.
+        std::fs::write(&other, "Image,Description\nmask_t_1.png,a\nmask_t_2.png,\n")
+            .expect("write");
+        let err = scan_split_with_notes(&tree.0, Split::Test, &other).expect_err("empty cell");
+        assert!(matches!(err, DataError::BadRow { row: 3, .. }), "{err:?}");
     }
 
     #[test]

@@ -42,10 +42,23 @@ impl Counts {
     }
 }
 
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Counts) {
+        self.predicted += other.predicted;
+        self.truth += other.truth;
+        self.overlap += other.overlap;
+    }
+}
+
+/// Test-time counts of one image: `p = prob > 0.5` against `g = mask > 0`.
+pub fn test_counts(probs: &[f32], mask: &[u8]) -> Counts {
+    // paper-parity: §5 — strict `> 0.5` at test time.
+    Counts::new(probs, mask, |p| p > 0.5)
+}
+
 /// Test-time Dice and IoU of one image from its probabilities and 0/1 mask.
 pub fn test_scores(probs: &[f32], mask: &[u8]) -> TestScores {
-    // paper-parity: §5 — strict `> 0.5` at test time.
-    let counts = Counts::new(probs, mask, |p| p > 0.5);
+    let counts = test_counts(probs, mask);
     TestScores {
         dice: test_dice(counts),
         iou: jaccard(counts),
@@ -67,6 +80,18 @@ pub fn jaccard(c: Counts) -> f64 {
         0.0
     } else {
         c.overlap as f64 / union as f64
+    }
+}
+
+/// Dice of counts summed over many images (`2·ΣTP / (2·ΣTP + ΣFP + ΣFN)`, no smoothing), the
+/// "pooled" protocol that weighs every pixel alike; 0 when prediction and truth are both empty.
+/// Not the paper's number: that is the mean of per-image [`test_dice`].
+pub fn pooled_dice(total: Counts) -> f64 {
+    let denominator = total.predicted + total.truth;
+    if denominator == 0 {
+        0.0
+    } else {
+        2.0 * total.overlap as f64 / denominator as f64
     }
 }
 
@@ -145,6 +170,24 @@ mod tests {
         );
         // Masks count anything non-zero as foreground.
         assert_eq!(test_scores(&[0.9], &[255]).iou, 1.0);
+    }
+
+    #[test]
+    fn pooled_dice_by_hand() {
+        // tp 3, Σp 4, Σg 5 summed from two images: 6 / 9; IoU 3 / (4 + 5 − 3).
+        let mut total = test_counts(&[0.9, 0.9, 0.2], &[1, 1, 1]);
+        total += test_counts(&[0.9, 0.9, 0.1], &[1, 0, 1]);
+        assert_eq!(
+            total,
+            Counts {
+                predicted: 4,
+                truth: 5,
+                overlap: 3
+            }
+        );
+        assert_eq!(pooled_dice(total), 6.0 / 9.0);
+        assert_eq!(jaccard(total), 0.5);
+        assert_eq!(pooled_dice(Counts::default()), 0.0);
     }
 
     #[test]

@@ -14,7 +14,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use image::{Batch, ImageU8, load_batch, load_image, load_mask, resize_linear_u8};
-pub use layout::{Convention, Item, LayoutOptions, Split, SplitItems, scan_split};
+pub use layout::{
+    Convention, Item, LayoutOptions, Split, SplitItems, replace_notes, scan_split,
+    scan_split_with_notes,
+};
 pub use notes::{Note, Notes};
 
 /// Every way reading a dataset can fail. Each variant names the file (and the row for notes), so
@@ -60,6 +63,16 @@ pub enum DataError {
         first_row: usize,
         key: String,
     },
+    #[error(
+        "no row for image `{key}`{} ({})",
+        more_images(.count), .path.display()
+    )]
+    MissingNote {
+        path: PathBuf,
+        key: String,
+        /// Images without a row, this one included.
+        count: usize,
+    },
     #[error("{count} {what}: {} ({})", Preview(.names), .dir.display())]
     Unmatched {
         what: &'static str,
@@ -85,6 +98,11 @@ impl DataError {
             DataError::Unmatched { what, .. } if what.contains("note") => Some(
                 "add the missing notes, or pass --allow-missing-notes to use the empty note".into(),
             ),
+            DataError::MissingNote { .. } => Some(
+                "every image of the split needs a row; the `Image` column holds the mask name \
+                 (QaTa: mask_<image>.png), in any case"
+                    .into(),
+            ),
             DataError::Unmatched { .. } => Some(
                 "QaTa pairs `labelcol/mask_X.png` with `img/X.png`; MosMed pairs `img/X.ext` \
                  with `labelcol/X.png`"
@@ -103,7 +121,8 @@ impl DataError {
             | DataError::NotesFile { path, .. }
             | DataError::MissingColumn { path, .. }
             | DataError::BadRow { path, .. }
-            | DataError::DuplicateKey { path, .. } => path,
+            | DataError::DuplicateKey { path, .. }
+            | DataError::MissingNote { path, .. } => path,
             DataError::Unmatched { dir, .. } => dir,
         }
     }
@@ -114,6 +133,13 @@ fn sheet_suffix(sheet: &Option<String>) -> String {
         .as_ref()
         .map(|s| format!(" in sheet `{s}`"))
         .unwrap_or_default()
+}
+
+fn more_images(count: &usize) -> String {
+    match *count {
+        0 | 1 => String::new(),
+        n => format!(" ({} more images without a row)", n - 1),
+    }
 }
 
 fn list_or_none(found: &[String]) -> String {
