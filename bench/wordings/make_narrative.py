@@ -447,7 +447,7 @@ def join_pp(rng, pps):
     if len(pps) == 1:
         return pps[0]
     sep = rng.choice([" and ", ", and ", ", and also ", ", as well as "])
-    if " and " in pps[0] and sep == " and ":
+    if (" and " in pps[0] or " and " in pps[1]) and sep == " and ":
         sep = ", and "
     return pps[0] + sep + pps[1]
 
@@ -456,7 +456,7 @@ def join_np(rng, nps):
     if len(nps) == 1:
         return nps[0]
     sep = rng.choice([" and ", ", and ", ", as well as ", " together with "])
-    if " and " in nps[0] and sep == " and ":
+    if (" and " in nps[0] or " and " in nps[1]) and sep == " and ":
         sep = ", and "
     return nps[0] + sep + nps[1]
 
@@ -668,6 +668,8 @@ def t_sided(rng, note, P):
 def t_count(rng, note, P):
     """{Lead} {verb} {finding} in four of the six lung zones: {np} and {np}."""
     parts = involved_parts(rng, note)
+    while any("six" in p["np"] for p in parts):   # the count is already given
+        parts = involved_parts(rng, note)
     record_parts(note, parts)
     note.counts.append((note.total, "all"))
     ld, vb = lead(rng, P)
@@ -821,7 +823,7 @@ def build_note(rng, inv):
         body += "."
     out = [body] + sentences
 
-    if fn is not t_count and rng.random() < 0.12:
+    if fn is not t_count and not NUMBER_TOKEN.search(" ".join(out)) and rng.random() < 0.12:
         out.append(count_sentence(rng, note))
 
     r = rng.random()
