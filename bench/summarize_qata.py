@@ -118,6 +118,17 @@ def summarize(folder, one_sided=None):
             if suite in wordings:
                 subset[suite] = subset_mean(folder, f"reclmis-wording-{suite}.csv", keys)
         reclmis["one_sided"] = subset
+    raw = {}
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("reclmis-raw-") and name.endswith(".json"):
+            raw[name[len("reclmis-raw-"):-len(".json")]] = field(folder, name)
+    if raw:
+        # The same checkpoint reading every note as written instead of canonical.
+        reclmis["read_raw"] = raw
+    val_para = {how: field(folder, f"reclmis-val-paraphrased-{how}.json")
+                for how in ("canonical", "raw")}
+    if any(v is not None for v in val_para.values()):
+        reclmis["val_paraphrased"] = val_para
     reclmis["dice_pooled"] = {
         "test_lvit": field(folder, "reclmis-test-given.json", "dice_pooled"),
         "test_cleaned": field(folder, "reclmis-test-cleaned-given.json", "dice_pooled"),

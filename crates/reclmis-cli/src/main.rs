@@ -91,6 +91,13 @@ struct NotesArgs {
     /// List at most this many notes that were not read fully or disagree with the reference
     #[arg(long, value_name = "N", default_value_t = 10)]
     show: usize,
+    /// Also write every note reworded by the training's paraphrase augmentation to this CSV
+    /// (Image, Description), to see it or to score a model on reworded notes
+    #[arg(long, value_name = "FILE")]
+    paraphrase_to: Option<PathBuf>,
+    /// Seed of --paraphrase-to
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -286,12 +293,46 @@ fn predict_single(args: &PredictArgs, image: &Path, text: &str) -> Result<()> {
     let pred = predict::predict_image(&loaded.model, &loaded.cfg, &img, text);
     predict::write_prediction(&args.out, &pred, &img)?;
     warn_truncated(&loaded.cfg, std::slice::from_ref(&pred.truncated_words));
+    if let Some(r) = &pred.reading {
+        report_reading(r, &pred.model_text);
+    }
     println!(
         "wrote {} (mask.png, prob.npy, overlay.png, poi.png, woi.json)",
         args.out.display()
     );
     print_summary(&pred);
     Ok(())
+}
+
+/// What the grammar made of a note, for a model that reads canonical notes.
+fn report_reading(r: &reclmis::finding::Reading, model_text: &str) {
+    use reclmis::finding::ParseStatus;
+    match r.status {
+        ParseStatus::Unparsed => eprintln!(
+            "warning: the note names no lung zone the grammar knows; the model reads it as \
+             written"
+        ),
+        ParseStatus::Partial | ParseStatus::Full => {
+            println!(
+                "note read as {} -> the model reads \"{model_text}\"",
+                r.finding
+            );
+            if !r.unknown.is_empty() || !r.unresolved.is_empty() {
+                eprintln!(
+                    "warning: the note was read only in part: unknown words [{}]{}",
+                    r.unknown.join(", "),
+                    if r.unresolved.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; zones without a side [{}]", r.unresolved.join(", "))
+                    }
+                );
+            }
+        }
+    }
+    for (from, to) in &r.corrections {
+        eprintln!("note: read \"{from}\" as \"{to}\"");
+    }
 }
 
 fn print_summary(pred: &Prediction) {
@@ -366,6 +407,18 @@ fn predict_many(args: &PredictArgs, images: &Path, notes: &Path) -> Result<()> {
     bar.finish_and_clear();
     let cut: Vec<Vec<String>> = results.iter().map(|r| r.truncated_words.clone()).collect();
     warn_truncated(&loaded.cfg, &cut);
+    let readings: Vec<_> = results.iter().filter_map(|r| r.reading.as_ref()).collect();
+    if !readings.is_empty() {
+        use reclmis::finding::ParseStatus;
+        let count = |s: ParseStatus| readings.iter().filter(|r| r.status == s).count();
+        println!(
+            "notes read as canonical sentences: {} parsed fully, {} in part, {} not understood \
+             (those are read as written); see reading in each woi.json",
+            count(ParseStatus::Full),
+            count(ParseStatus::Partial),
+            count(ParseStatus::Unparsed)
+        );
+    }
     let empty = results.iter().filter(|r| r.mask_fraction == 0.0).count();
     println!(
         "predicted {} images into {} (one folder each); {} with an empty mask",
@@ -499,6 +552,21 @@ fn run_notes(args: NotesArgs) -> Result<()> {
         .transpose()
         .map_err(Error::from)?;
     let audit = NotesAudit::of(&notes, reference.as_ref());
+    if let Some(out) = &args.paraphrase_to {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(["Image", "Description"])?;
+        for (i, note) in notes.iter().enumerate() {
+            let mut rng = reclmis::model::init::SplitMix64::new(args.seed ^ ((i as u64) << 20));
+            let text = reclmis::data::paraphrase::paraphrase_note(&note.text, &mut rng)
+                .unwrap_or_else(|| note.text.clone());
+            w.write_record([note.key.as_str(), text.as_str()])?;
+        }
+        let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+        ours::write_atomic(out, &bytes).map_err(|source| Error::Io {
+            path: out.clone(),
+            source,
+        })?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&audit)?);
         return Ok(());

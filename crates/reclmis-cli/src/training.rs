@@ -134,6 +134,12 @@ pub struct TrainArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub enum NotesAs {
+    Raw,
+    Canonical,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum SplitArg {
     Train,
     Val,
@@ -161,6 +167,10 @@ pub struct EvaluateArgs {
     /// JSON summary on stdout
     #[arg(long)]
     pub json: bool,
+    /// Read the notes raw or as canonical sentences, overriding the checkpoint's
+    /// `notes.canonical` (to see what canonical reading changes for one model)
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub notes_as: Option<NotesAs>,
     #[arg(long)]
     pub allow_missing_notes: bool,
     /// Score with the notes of this file (.xlsx, .csv or .jsonl; `Image` = the mask name, e.g.
@@ -595,7 +605,10 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         }
     }
     .map_err(Error::from)?;
-    let loaded = ours::load(&ckpt, &Device::flex()).map_err(Error::from)?;
+    let mut loaded = ours::load(&ckpt, &Device::flex()).map_err(Error::from)?;
+    if let Some(how) = args.notes_as {
+        loaded.cfg.notes.canonical = matches!(how, NotesAs::Canonical);
+    }
     let data = Dataset::from_items(&scanned.items, loaded.cfg.image_size).map_err(Error::from)?;
     warn_size_mismatches(&data, split);
     let s = evaluate(&loaded.model, &loaded.cfg, &data, args.text, args.seed, 8);
@@ -626,6 +639,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
                 "split": split.name(), "checkpoint": ckpt.display().to_string(),
                 "text_encoder": if loaded.cfg.text_free { "none (text-free baseline)" } else { loaded.cfg.text_encoder.kind() },
                 "csv": csv_path.display().to_string(),
+                "notes_read": s.notes,
             })
         );
     } else {
@@ -641,6 +655,9 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
             s.iou_pooled,
             csv_path.display()
         );
+        if !loaded.cfg.text_free {
+            println!("{}", s.notes.summary());
+        }
     }
     Ok(())
 }

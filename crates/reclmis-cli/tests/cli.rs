@@ -733,3 +733,67 @@ fn export_writes_a_float16_inference_only_copy_that_evaluates() {
     bad_input(&out, "junk.safetensors");
     assert!(!target.exists());
 }
+
+#[test]
+fn notes_reports_the_grammar_reading_against_a_reference() {
+    let tmp = TempDir::new("notes");
+    let notes = tmp.join("reworded.csv");
+    std::fs::write(
+        &notes,
+        notes_csv(&[
+            ("mask_a.png", "Bibasal opacities; apices clear."),
+            ("mask_b.png", "RLL consolidation, left lung unremarkable"),
+            ("mask_c.png", "Zzyzx pneumothorax"),
+        ]),
+    )
+    .unwrap();
+    let reference = tmp.join("cleaned.csv");
+    std::fs::write(
+        &reference,
+        notes_csv(&[
+            (
+                "mask_a.png",
+                "bilateral pulmonary infection, two infected areas, lower left lung and lower right lung.",
+            ),
+            (
+                "mask_b.png",
+                "unilateral pulmonary infection, one infected area, lower left lung.",
+            ),
+            (
+                "mask_c.png",
+                "unilateral pulmonary infection, one infected area, upper left lung.",
+            ),
+        ]),
+    )
+    .unwrap();
+    let paraphrased = tmp.join("paraphrased.csv");
+    let out = succeeds(&reclmis([
+        "notes",
+        path_str(&notes),
+        "--reference",
+        path_str(&reference),
+        "--paraphrase-to",
+        path_str(&paraphrased),
+    ]));
+    // a agrees; b names the right lung where the reference names the left; c is not read.
+    assert!(
+        out.contains("3 notes: 2 read fully, 0 in part, 1 not understood"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 of 3 name the same zones as the reference"),
+        "{out}"
+    );
+    assert!(out.contains("zzyzx ×1"), "{out}");
+    let rows = std::fs::read_to_string(&paraphrased).unwrap();
+    assert_eq!(rows.lines().count(), 4, "{rows}");
+    assert!(
+        rows.contains("Zzyzx pneumothorax"),
+        "an unread note is kept as written: {rows}"
+    );
+    // A missing notes file is bad input.
+    bad_input(
+        &reclmis(["notes", path_str(&tmp.join("nope.csv"))]),
+        "nope.csv",
+    );
+}

@@ -3,10 +3,13 @@
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
+use crate::data::audit::NotesAudit;
 use crate::data::dataset::{Dataset, Sample};
 use crate::data::metrics::{self, Counts};
+use crate::finding::ParseStatus;
 use crate::model::init::SplitMix64;
 use crate::model::{Branches, ModelConfig, RecLMIS, to_vec};
+use crate::tokenizer::Tokenizer;
 use crate::train::{TextCache, make_batch};
 
 /// Which note each image is paired with.
@@ -51,6 +54,99 @@ pub struct ImageScore {
     pub iou: f64,
 }
 
+/// How the evaluated notes reached the text encoder: as written or as canonical sentences,
+/// how many the grammar read fully, in part or not at all (those fall back to their raw text),
+/// and how many the token context cut.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NotesReport {
+    /// `raw` or `canonical` (the model config's `notes.canonical`).
+    pub read_as: String,
+    /// Grammar counts; with `read_as = raw` they say what canonical reading would have done.
+    pub full: usize,
+    pub partial: usize,
+    pub unparsed: usize,
+    /// Keys of the notes the grammar could not read (the model got their raw text).
+    pub fell_back: Vec<String>,
+    /// The most frequent words outside the grammar's vocabulary, with counts.
+    pub unknown_words: Vec<(String, usize)>,
+    /// Notes whose encoder text was longer than the token context, and the most frequent tails
+    /// the cut removed (with counts).
+    pub truncated: usize,
+    pub truncated_tails: Vec<(String, usize)>,
+    /// The model's token context.
+    pub context: usize,
+}
+
+impl NotesReport {
+    /// `keys[i]`'s note is `notes[i]`; the context is the model's.
+    pub fn of(cfg: &ModelConfig, keys: &[&str], notes: &[String]) -> NotesReport {
+        let audit =
+            NotesAudit::of_texts(keys.iter().copied().zip(notes.iter().map(String::as_str)));
+        let tok = Tokenizer::clip();
+        let mut tails = std::collections::BTreeMap::<String, usize>::new();
+        let mut truncated = 0;
+        for note in notes {
+            let ids = tok.encode(&cfg.notes.model_text(note));
+            // SOT and EOT take two of the context's positions.
+            let room = cfg.context.saturating_sub(2);
+            if ids.len() > room {
+                truncated += 1;
+                *tails
+                    .entry(tok.decode(&ids[room..]).trim().to_owned())
+                    .or_default() += 1;
+            }
+        }
+        let mut tails: Vec<(String, usize)> = tails.into_iter().collect();
+        tails.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        tails.truncate(5);
+        let mut unknown_words = audit.unknown_words();
+        unknown_words.truncate(10);
+        NotesReport {
+            read_as: if cfg.notes.canonical {
+                "canonical"
+            } else {
+                "raw"
+            }
+            .to_owned(),
+            full: audit.full,
+            partial: audit.partial,
+            unparsed: audit.unparsed,
+            fell_back: audit
+                .notes
+                .iter()
+                .filter(|n| n.status == ParseStatus::Unparsed && !n.text.trim().is_empty())
+                .map(|n| n.key.clone())
+                .collect(),
+            unknown_words,
+            truncated,
+            truncated_tails: tails,
+            context: cfg.context,
+        }
+    }
+
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "notes read as {}: {} parsed fully, {} in part, {} not understood",
+            self.read_as, self.full, self.partial, self.unparsed
+        );
+        if self.read_as == "canonical" && !self.fell_back.is_empty() {
+            s.push_str(&format!(
+                " ({} fell back to their raw text, e.g. {})",
+                self.fell_back.len(),
+                self.fell_back[0]
+            ));
+        }
+        if self.truncated > 0 {
+            s.push_str(&format!(
+                "; {} cut by the {}-token context (most often: \"{}\")",
+                self.truncated, self.context, self.truncated_tails[0].0
+            ));
+        }
+        s
+    }
+}
+
 /// The two ways the scores are pooled, in a few words (for `--json` readers).
 pub const PROTOCOLS: &str = "dice, miou: mean over images of each image's Dice and IoU (LViT's \
      test protocol, the paper's numbers); dice_pooled, iou_pooled: one Dice and IoU over all \
@@ -67,6 +163,7 @@ pub struct EvalSummary {
     pub iou_pooled: f64,
     pub n: usize,
     pub text: TextMode,
+    pub notes: NotesReport,
     #[serde(skip)]
     pub per_image: Vec<ImageScore>,
 }
@@ -134,7 +231,12 @@ pub fn evaluate(
 ) -> EvalSummary {
     let notes = notes_for(data, mode, seed);
     let probs = predict_probs(model, cfg, data, &notes, batch_size);
-    score(data, &probs, notes, mode)
+    let keys: Vec<&str> = data.samples.iter().map(|s| s.key.as_str()).collect();
+    let report = NotesReport::of(cfg, &keys, &notes);
+    EvalSummary {
+        notes: report,
+        ..score(data, &probs, notes, mode)
+    }
 }
 
 /// Per-image scores, their means and the pooled scores of `probs` (one `[S·S]` per sample).
@@ -170,6 +272,7 @@ pub fn score(
         iou_pooled: metrics::jaccard(total),
         n,
         text: mode,
+        notes: NotesReport::default(),
         per_image,
     }
 }

@@ -738,8 +738,8 @@ fn edit_distance(a: &[u8], b: &[u8], max: usize) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=m {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=n {
         let mut best = usize::MAX;
@@ -1256,15 +1256,13 @@ fn resolve_sentence(
 
     for (k, p) in phrases.iter().enumerate() {
         let Some(sides) = sides_of[k] else { continue };
-        for s in 0..2 {
-            if sides[s] {
-                let target = match (p.neg, whole[k]) {
-                    (false, _) => &mut at.pos[s],
-                    (true, false) => &mut at.neg_zones[s],
-                    (true, true) => &mut at.neg_whole[s],
-                };
-                *target = target.union(zones_of[k]);
-            }
+        for s in (0..2).filter(|&s| sides[s]) {
+            let target = match (p.neg, whole[k]) {
+                (false, _) => &mut at.pos[s],
+                (true, false) => &mut at.neg_zones[s],
+                (true, true) => &mut at.neg_whole[s],
+            };
+            *target = target.union(zones_of[k]);
         }
     }
     for (s, z, n) in direct {

@@ -264,6 +264,8 @@ pub struct FolderResult {
     pub item: FolderItem,
     pub mask_fraction: f64,
     pub truncated_words: Vec<String>,
+    /// How the grammar read the note, when the model reads canonical notes.
+    pub reading: Option<Reading>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -350,6 +352,7 @@ pub fn predict_folder(
         results.push(FolderResult {
             mask_fraction: pred.mask_fraction(),
             truncated_words: pred.truncated_words.clone(),
+            reading: pred.reading.clone(),
             item,
         });
     }

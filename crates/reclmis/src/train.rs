@@ -686,3 +686,31 @@ impl Trainer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_carry_the_text_the_notes_config_asks_for() {
+        let note = "Bibasal opacities, apices clear.";
+        let canonical = "bilateral pulmonary infection, two infected areas, lower left lung and \
+                         lower right lung.";
+        let sample = Sample {
+            key: "k".into(),
+            image: vec![0; 3 * 16 * 16],
+            mask: vec![0; 16 * 16],
+            note: note.into(),
+        };
+        let device = Device::flex();
+        let ids = |text: &str| Tokenizer::clip().tokenize(&pad_note(text), 18).ids;
+        let mut cfg = ModelConfig::qata();
+        let raw = make_batch(std::slice::from_ref(&sample), 16, &cfg, &device);
+        assert_eq!(raw.tokens.ids, ids(note));
+        cfg.notes.canonical = true;
+        let read = make_batch(std::slice::from_ref(&sample), 16, &cfg, &device);
+        assert_eq!(read.tokens.ids, ids(canonical));
+        // The batch keeps the note as written, for reports.
+        assert_eq!(read.notes, vec![note.to_owned()]);
+    }
+}

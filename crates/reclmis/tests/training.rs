@@ -40,6 +40,8 @@ fn config(epochs: usize) -> TrainConfig {
         max_val: None,
         time_budget_s: None,
         aux_from_epoch: 0,
+        // Reworded notes on the training path (seeded, so resumed runs stay exact).
+        paraphrase: 0.5,
     }
 }
 
