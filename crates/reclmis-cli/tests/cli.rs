@@ -797,3 +797,31 @@ fn notes_reports_the_grammar_reading_against_a_reference() {
         "nope.csv",
     );
 }
+
+#[test]
+fn a_checkpoint_whose_weights_changed_on_disk_is_refused() {
+    let tmp = TempDir::new("flip");
+    let (data, run, _) = tiny_data_and_run(&tmp);
+    let ckpt = run.join("best.safetensors");
+    let evaluate = || {
+        reclmis([
+            "evaluate",
+            "--checkpoint",
+            path_str(&ckpt),
+            "--data",
+            path_str(&data),
+            "--json",
+            "--csv",
+            path_str(&tmp.join("eval.csv")),
+        ])
+    };
+    succeeds(&evaluate());
+    let mut bytes = std::fs::read(&ckpt).unwrap();
+    let middle = bytes.len() - bytes.len() / 3;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&ckpt, &bytes).unwrap();
+    std::fs::remove_file(tmp.join("eval.csv")).unwrap();
+    let err = bad_input(&evaluate(), "best.safetensors");
+    assert!(err.contains("SHA-256"), "{err}");
+    assert!(!tmp.join("eval.csv").exists(), "nothing is written");
+}

@@ -156,6 +156,11 @@ fn checkpoint_hint(e: &CheckpointError) -> Option<String> {
                 .into(),
         ),
         CheckpointError::Write { source, .. } => io_hint(source),
+        CheckpointError::Corrupt { .. } => Some(
+            "a bit flipped on disk or a copy went wrong: restore the file from another copy (a \
+             run folder keeps best.safetensors and last.safetensors)"
+                .into(),
+        ),
         CheckpointError::NewerFormat { .. }
         | CheckpointError::Config { .. }
         | CheckpointError::Fp16Range { .. } => None,

@@ -59,6 +59,17 @@ pub enum CheckpointError {
          {FORMAT_VERSION}); upgrade reclmis"
     )]
     NewerFormat { path: PathBuf, found: u32 },
+    #[error(
+        "{path}: the weights do not match the SHA-256 written with them (expected {}…, found \
+         {}…): the file changed after it was saved",
+        &expected[..12.min(expected.len())],
+        &found[..12]
+    )]
+    Corrupt {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
     #[error("{path}: config field invalid: {detail}")]
     Config { path: PathBuf, detail: String },
     #[error("{path}: {source}")]
@@ -179,13 +190,39 @@ pub fn encode(
 fn serialize(
     bytes: &[(String, Vec<usize>, Vec<u8>)],
     dtype: Dtype,
-    metadata: HashMap<String, String>,
+    mut metadata: HashMap<String, String>,
 ) -> Result<Vec<u8>, safetensors::SafeTensorError> {
     let views: Vec<(String, TensorView)> = bytes
         .iter()
         .map(|(k, s, b)| TensorView::new(dtype, s.clone(), b).map(|v| (k.clone(), v)))
         .collect::<Result<_, _>>()?;
+    metadata.insert(
+        WEIGHTS_SHA256.into(),
+        weights_digest(views.iter().map(|(k, v)| (k.as_str(), v))),
+    );
     safetensors::serialize(views, Some(metadata))
+}
+
+/// Metadata field holding the SHA-256 of the tensors, checked on every read: a file whose
+/// weight bytes changed after it was written (a flipped bit on disk, a bad copy) is refused
+/// instead of predicting slightly different masks.
+pub const WEIGHTS_SHA256: &str = "weights_sha256";
+
+/// SHA-256 over the tensors in name order: each name, dtype, shape and data bytes.
+fn weights_digest<'a, V: safetensors::View + 'a>(
+    tensors: impl Iterator<Item = (&'a str, &'a V)>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<(&str, &V)> = tensors.collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = Sha256::new();
+    for (name, v) in sorted {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(format!("{:?}{:?}", v.dtype(), v.shape()).as_bytes());
+        h.update(v.data().as_ref());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Encodes in `dtype` and writes atomically.
@@ -281,6 +318,18 @@ pub fn read_raw(path: &Path) -> Result<RawCheckpoint, CheckpointError> {
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
     let metadata = header.metadata().clone().unwrap_or_default();
+    // Files written before the checksum existed (and other tools' files) have none to check.
+    if let Some(expected) = metadata.get(WEIGHTS_SHA256) {
+        let views = st.tensors();
+        let found = weights_digest(views.iter().map(|(k, v)| (k.as_str(), v)));
+        if &found != expected {
+            return Err(CheckpointError::Corrupt {
+                path: path.into(),
+                expected: expected.clone(),
+                found,
+            });
+        }
+    }
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let d = view.data();
@@ -527,6 +576,63 @@ mod tests {
             .zip(b.iter().flatten())
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn a_flipped_weight_bit_is_refused_on_load() {
+        let device = Device::flex();
+        let mut cfg = small();
+        cfg.text_encoder = TextEncoderConfig::Builtin {
+            width: 64,
+            layers: 1,
+            heads: 1,
+        };
+        let dir = scratch("sha");
+        let path = dir.join("ckpt.safetensors");
+        let model = RecLMIS::new(&cfg, 1, &device);
+        save(
+            &path,
+            &model,
+            &cfg,
+            &TrainState::default(),
+            SaveOptions::default(),
+        )
+        .expect("saves");
+        let raw = read_raw(&path).expect("an intact file reads");
+        assert_eq!(raw.metadata[WEIGHTS_SHA256].len(), 64);
+        // Flip one bit of the last weight byte (the data follows the JSON header).
+        let mut bytes = std::fs::read(&path).expect("reads");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x10;
+        std::fs::write(&path, &bytes).expect("writes");
+        match load(&path, &device) {
+            Err(CheckpointError::Corrupt {
+                expected, found, ..
+            }) => {
+                assert_eq!(expected, raw.metadata[WEIGHTS_SHA256]);
+                assert_ne!(found, expected);
+            }
+            Err(e) => panic!("another error: {e}"),
+            Ok(_) => panic!("a flipped bit loaded silently"),
+        }
+        // Without the checksum (a file from before it existed) the same bytes load.
+        let st = SafeTensors::deserialize(&bytes).expect("still a safetensors file");
+        let mut meta = raw.metadata.clone();
+        meta.remove(WEIGHTS_SHA256);
+        let views: Vec<(String, TensorView)> = st
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap(),
+                )
+            })
+            .collect();
+        let old = safetensors::serialize(views, Some(meta)).expect("serialises");
+        std::fs::write(&path, old).expect("writes");
+        assert!(load(&path, &device).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
