@@ -922,10 +922,19 @@ pub fn parse(note: &str) -> Reading {
                     !matches!(toks[k], Tok::SentenceEnd | Tok::Comma | Tok::Bracket) && ands < 2
                 })
                 .any(|k| matches!(lexed[k], Some(Lex::Side(_) | Lex::SideZone(..))));
+            // Nor between a finding and a negated clause: "consolidation at the L base, upper
+            // zones spared".
+            let stated = segment
+                .iter()
+                .any(|&k| matches!(&toks[k], Tok::Word(w) if FINDING_NOUNS.contains(&w.as_str())));
+            let negated_after = (i + 1..toks.len())
+                .take_while(|&k| !matches!(toks[k], Tok::SentenceEnd | Tok::Comma | Tok::Bracket))
+                .any(|k| matches!(lexed[k], Some(Lex::NegClause | Lex::NegForward)));
             let listing = toks[i] == Tok::Comma
                 && zone_at(i.checked_sub(1))
                 && zone_at(Some(i + 1))
                 && !(sided && sided_after)
+                && !(stated && negated_after)
                 && !closed;
             matches!(toks[i], Tok::SentenceEnd | Tok::Bracket)
                 || (toks[i] == Tok::Comma && !listing)
@@ -1411,6 +1420,16 @@ mod tests {
             "",
         );
         reads("left and right upper zones", "upper", "upper");
+        reads(
+            "CXR: patchy consolidation at the L base, upper zones spared; rt lung clear",
+            "lower",
+            "",
+        );
+        reads(
+            "left upper, middle and lower zones are clear. RLL opacity",
+            "",
+            "lower",
+        );
         reads("opacity at both bases", "lower", "lower");
         reads("Lt apex and Rt base", "upper", "lower");
         reads(
