@@ -373,6 +373,21 @@ enum Lex {
     Filler,
 }
 
+impl Lex {
+    /// Names a place: a zone, a side, or both.
+    fn is_location(self) -> bool {
+        matches!(
+            self,
+            Lex::Zone(_)
+                | Lex::ZonePlural(_)
+                | Lex::AllZones
+                | Lex::Side(_)
+                | Lex::SideZone(..)
+                | Lex::Both(_)
+        )
+    }
+}
+
 fn lexicon(w: &str) -> Option<Lex> {
     use self::Side::{Left, Right};
     use self::Zone::{Lower, Middle, Upper};
@@ -954,19 +969,7 @@ pub fn parse(note: &str) -> Reading {
         // "clear", "spared": the whole clause is negated; "no", "sparing": from the cue on.
         // "The right lung shows no opacity": a cue with no location after it negates the
         // whole clause too.
-        let is_location = |k: usize| {
-            matches!(
-                lexed[k],
-                Some(
-                    Lex::Zone(_)
-                        | Lex::ZonePlural(_)
-                        | Lex::AllZones
-                        | Lex::Side(_)
-                        | Lex::SideZone(..)
-                        | Lex::Both(_)
-                )
-            )
-        };
+        let is_location = |k: usize| lexed[k].is_some_and(Lex::is_location);
         let trailing_cue = (start..end)
             .any(|c| matches!(lexed[c], Some(Lex::NegForward)) && !(c + 1..end).any(is_location));
         let backward =
@@ -1066,12 +1069,7 @@ fn and_splits_clause(toks: &[Tok], lexed: &[Option<Lex>], i: usize) -> bool {
         matches!(lexed[k], Some(Lex::NegClause) | Some(Lex::NegForward))
             || matches!(&toks[k], Tok::Word(w) if FINDING_NOUNS.contains(&w.as_str()))
     };
-    let is_location = |k: usize| {
-        matches!(
-            lexed[k],
-            Some(Lex::Zone(_) | Lex::AllZones | Lex::Side(_) | Lex::SideZone(..) | Lex::Both(_))
-        )
-    };
+    let is_location = |k: usize| lexed[k].is_some_and(Lex::is_location);
     let stop = |k: usize| {
         matches!(toks[k], Tok::SentenceEnd | Tok::Comma | Tok::Bracket)
             || matches!(lexed[k], Some(Lex::ClauseBreak))
