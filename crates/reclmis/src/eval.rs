@@ -85,8 +85,14 @@ impl NotesReport {
         let tok = Tokenizer::clip();
         let mut tails = std::collections::BTreeMap::<String, usize>::new();
         let mut truncated = 0;
-        for note in notes {
-            let ids = tok.encode(&cfg.notes.model_text(note));
+        for (note, read) in notes.iter().zip(&audit.notes) {
+            // The audit already parsed each note: its model text is the canonical one.
+            let text = if cfg.notes.canonical {
+                &read.model_text
+            } else {
+                note
+            };
+            let ids = tok.encode(text);
             // SOT and EOT take two of the context's positions.
             let room = cfg.context.saturating_sub(2);
             if ids.len() > room {

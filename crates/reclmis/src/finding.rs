@@ -170,20 +170,6 @@ impl Finding {
         }
     }
 
-    pub fn zones_mut(&mut self, side: Side) -> &mut Zones {
-        match side {
-            Side::Left => &mut self.left,
-            Side::Right => &mut self.right,
-        }
-    }
-
-    pub fn negated(&self, side: Side) -> Zones {
-        match side {
-            Side::Left => self.negated_left,
-            Side::Right => self.negated_right,
-        }
-    }
-
     /// No involved zone at all.
     pub fn is_empty(&self) -> bool {
         self.left.is_empty() && self.right.is_empty()
@@ -204,17 +190,6 @@ impl Finding {
         Side::BOTH
             .into_iter()
             .filter(|&s| !self.zones(s).is_empty())
-    }
-
-    /// The same finding with left and right exchanged (a horizontally flipped film).
-    pub fn mirrored(&self) -> Finding {
-        Finding {
-            left: self.right,
-            right: self.left,
-            negated_left: self.negated_right,
-            negated_right: self.negated_left,
-            count: self.count,
-        }
     }
 
     /// The cleaned QaTa caption of this finding, e.g. "unilateral pulmonary infection, one
@@ -352,8 +327,6 @@ enum Lex {
     SideZone(Side, Zone),
     /// Bilateral, both; bibasal (both, lower).
     Both(Option<Zone>),
-    /// Unilateral: describes the rest of the note.
-    Unilateral,
     /// Lung, lungs, hemithorax, field: makes a bare side mean the whole lung.
     LungNoun,
     /// Negates from here to the end of the clause.
@@ -419,7 +392,8 @@ fn lexicon(w: &str) -> Option<Lex> {
         }
         "bibasal" | "bibasilar" | "bibasally" => Both(Some(Lower)),
         "biapical" | "biapically" => Both(Some(Upper)),
-        "unilateral" | "unilaterally" | "one-sided" => Unilateral,
+        // "Unilateral" only describes the rest of the note.
+        "unilateral" | "unilaterally" => Filler,
         "lung" | "lungs" | "hemithorax" | "hemithoraces" | "hemithoraxes" | "field" | "fields" => {
             LungNoun
         }
@@ -582,7 +556,6 @@ const FILLER: &[&str] = &[
     "processes",
     "markings",
     "marking",
-    "involve",
     "chest",
     "cxr",
     "xray",
@@ -616,7 +589,6 @@ const FILLER: &[&str] = &[
     "over",
     "per",
     "each",
-    "of",
     "areas",
     "lesion",
     "region",
@@ -627,7 +599,6 @@ const FILLER: &[&str] = &[
     "appearance",
     "appears",
     "appear",
-    "noted",
     "identified",
     "detected",
     "observed",
@@ -1005,7 +976,7 @@ pub fn parse(note: &str) -> Reading {
                         .expect("a clause always has an open phrase")
                         .push(Item { lex, neg: false });
                 }
-                Lex::Filler | Lex::NegClause | Lex::ClauseBreak | Lex::Unilateral => {}
+                Lex::Filler | Lex::NegClause | Lex::ClauseBreak => {}
                 lex => phrases
                     .last_mut()
                     .expect("a clause always has an open phrase")

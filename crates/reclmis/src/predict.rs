@@ -110,7 +110,11 @@ pub fn predict_image(
     let g = cfg.grid();
     let tok = Tokenizer::clip();
     let reading = cfg.notes.canonical.then(|| parse(note));
-    let model_text = cfg.notes.model_text(note);
+    // The canonical sentence, or the note as written (raw reading, or a note not understood).
+    let model_text = reading
+        .as_ref()
+        .and_then(Reading::canonical)
+        .unwrap_or_else(|| note.to_owned());
     // paper-parity: §1.4 — the authors pad short notes before tokenizing.
     let padded = pad_note(&model_text);
     let tokens = tok.tokenize(&padded, cfg.context);
