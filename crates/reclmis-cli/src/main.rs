@@ -556,7 +556,7 @@ fn run_notes(args: NotesArgs) -> Result<()> {
         let mut w = csv::Writer::from_writer(Vec::new());
         w.write_record(["Image", "Description"])?;
         for (i, note) in notes.iter().enumerate() {
-            let mut rng = reclmis::model::init::SplitMix64::new(args.seed ^ ((i as u64) << 20));
+            let mut rng = reclmis::rng::SplitMix64::new(args.seed ^ ((i as u64) << 20));
             let text = reclmis::data::paraphrase::paraphrase_note(&note.text, &mut rng)
                 .unwrap_or_else(|| note.text.clone());
             w.write_record([note.key.as_str(), text.as_str()])?;

@@ -131,6 +131,10 @@ pub struct TrainArgs {
     /// config: `paraphrase`)
     #[arg(long, value_name = "P")]
     pub paraphrase: Option<f64>,
+    /// Probability that a training sample is narrowed to one side at each step, its note and
+    /// mask alike, so the side a note names matters (side focus; config: `side_focus`)
+    #[arg(long, value_name = "P")]
+    pub side_focus: Option<f64>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -438,6 +442,9 @@ fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
     if let Some(p) = args.paraphrase {
         cfg.paraphrase = p;
     }
+    if let Some(p) = args.side_focus {
+        cfg.side_focus = p;
+    }
     if let Some(e) = args.epochs {
         cfg.epochs = e;
     }
@@ -542,7 +549,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     )?;
     eprintln!(
         "{} train / {} val images ({} with an empty mask); text encoder {}; parity {:?}; \
-         augmentation {:?}; notes {}, paraphrase p {}",
+         augmentation {:?}; notes {}, paraphrase p {}, side focus p {}",
         train.len(),
         val.len(),
         train.empty_masks + val.empty_masks,
@@ -554,8 +561,14 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         } else {
             "raw"
         },
-        cfg.paraphrase
+        cfg.paraphrase,
+        cfg.side_focus
     );
+    if cfg.side_focus > 0.0 {
+        let o = reclmis::data::side_focus::orientation(&train)
+            .map_err(|e| Error::from(reclmis::train::TrainError::SideFocus(e)))?;
+        eprintln!("side focus: {o}");
+    }
     let mut trainer =
         Trainer::new(cfg, init, Some(&args.out), args.resume, &device).map_err(Error::from)?;
     let result = trainer

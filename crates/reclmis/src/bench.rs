@@ -8,8 +8,8 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::model::init::SplitMix64;
 use crate::model::{Branches, ModelConfig, RecLMIS, TokenBatch, to_vec};
+use crate::rng::SplitMix64;
 use crate::tokenizer::{Tokenizer, pad_note};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -109,6 +109,7 @@ impl DemoConfig {
             time_budget_s: None,
             aux_from_epoch: self.aux_from_epoch,
             paraphrase: 0.0,
+            side_focus: 0.0,
         }
     }
 

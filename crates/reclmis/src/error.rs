@@ -56,7 +56,9 @@ impl Error {
                 match t {
                     T::Checkpoint(CheckpointError::Write { source, .. }) => io_is_bad_input(source),
                     T::Io { source, .. } => io_is_bad_input(source),
-                    T::Checkpoint(_) | T::Config(_) | T::Resume(_) | T::Empty => true,
+                    T::Checkpoint(_) | T::Config(_) | T::Resume(_) | T::Empty | T::SideFocus(_) => {
+                        true
+                    }
                     T::NonFinite { .. } => false,
                 }
             }
@@ -87,11 +89,12 @@ impl Error {
                     .into(),
             ),
             Error::Import(_) => None,
-            Error::Config(_) => Some(
+            Error::Config(e) if e.0.contains("image size") || e.0.contains("channels") => Some(
                 "image size must be a positive multiple of 16, base channels at least 8, and the \
                  text width 8 × base channels"
                     .into(),
             ),
+            Error::Config(_) => None,
             Error::Usage(_) => None,
             Error::Io { source, .. } => io_hint(source),
             Error::Train(crate::train::TrainError::NonFinite { .. }) => Some(
@@ -103,6 +106,9 @@ impl Error {
                     .into(),
             ),
             Error::Train(crate::train::TrainError::Checkpoint(e)) => checkpoint_hint(e),
+            Error::Train(crate::train::TrainError::SideFocus(_)) => Some(
+                "train without --side-focus, or on notes that name the side of each lesion".into(),
+            ),
             Error::Train(_) => None,
             Error::Synth(e) => e.hint(),
         }

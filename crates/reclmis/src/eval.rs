@@ -7,8 +7,8 @@ use crate::data::audit::NotesAudit;
 use crate::data::dataset::{Dataset, Sample};
 use crate::data::metrics::{self, Counts};
 use crate::finding::ParseStatus;
-use crate::model::init::SplitMix64;
 use crate::model::{Branches, ModelConfig, RecLMIS, to_vec};
+use crate::rng::SplitMix64;
 use crate::tokenizer::Tokenizer;
 use crate::train::{TextCache, make_batch};
 

@@ -18,6 +18,7 @@ pub mod kernels;
 pub mod model;
 pub mod predict;
 pub mod report;
+pub mod rng;
 pub mod tokenizer;
 pub mod train;
 

@@ -15,8 +15,9 @@ use crate::checkpoint::ours::{self, CheckpointError, SaveOptions, TrainState, wr
 use crate::data::dataset::{Augment, Dataset, Sample, augment};
 use crate::data::metrics;
 use crate::data::paraphrase::paraphrase_note;
-use crate::model::init::SplitMix64;
+use crate::data::side_focus::{self, focus_side};
 use crate::model::{Branches, ModelConfig, Preset, RecLMIS, TokenBatch, to_vec};
+use crate::rng::{SplitMix64, mix};
 use crate::tokenizer::{Tokenizer, pad_note};
 
 /// Learning rate as a function of the 0-based epoch, stepped once per epoch after validation.
@@ -74,6 +75,9 @@ pub struct TrainConfig {
     /// Probability that a training note is rewritten in a new wording at a step
     /// ([`crate::data::paraphrase`]); 0 trains on the notes as written.
     pub paraphrase: f64,
+    /// Probability that a training sample is narrowed to one side at a step, its note and
+    /// target mask alike ([`crate::data::side_focus`]); 0 trains on the samples as they are.
+    pub side_focus: f64,
 }
 
 impl Default for TrainConfig {
@@ -119,6 +123,7 @@ impl TrainConfig {
             time_budget_s: None,
             aux_from_epoch: 0,
             paraphrase: 0.0,
+            side_focus: 0.0,
         }
     }
 
@@ -131,11 +136,20 @@ impl TrainConfig {
         if self.epochs == 0 {
             return Err(ConfigError("epochs must be at least 1".into()));
         }
-        if !(0.0..=1.0).contains(&self.paraphrase) {
-            return Err(ConfigError(format!(
-                "paraphrase {} must be a probability in [0, 1]",
-                self.paraphrase
-            )));
+        for (name, p) in [
+            ("paraphrase", self.paraphrase),
+            ("side_focus", self.side_focus),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(ConfigError(format!(
+                    "{name} {p} must be a probability in [0, 1]"
+                )));
+            }
+        }
+        if self.model.text_free && self.side_focus > 0.0 {
+            return Err(ConfigError(
+                "side_focus needs a model that reads notes (not text_free)".into(),
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(ConfigError(format!("lr {} must be positive", self.lr)));
@@ -216,6 +230,8 @@ pub enum TrainError {
     Resume(String),
     #[error("the training set is empty")]
     Empty,
+    #[error("{0}")]
+    SideFocus(String),
 }
 
 /// Files of a run folder.
@@ -338,10 +354,6 @@ impl TextCache {
         }
         Tensor::from_data(TensorData::new(out, [tokens.batch, l, d]), &device)
     }
-}
-
-fn mix(a: u64, b: u64, c: u64) -> u64 {
-    SplitMix64::new(a ^ b.rotate_left(21) ^ c.rotate_left(42)).next_u64()
 }
 
 /// Validation pass: mean criterion loss and the authors' hard validation Dice (§2 step 4).
@@ -539,6 +551,11 @@ impl Trainer {
             order.swap(i, rng.below(i + 1));
         }
         let steps = order.len().div_ceil(cfg.batch_size);
+        let orientation = if cfg.side_focus > 0.0 {
+            Some(side_focus::orientation(train).map_err(TrainError::SideFocus)?)
+        } else {
+            None
+        };
         on(Event::EpochStart {
             epoch: e + 1,
             epochs: cfg.epochs,
@@ -553,7 +570,14 @@ impl Trainer {
                 .map(|&i| {
                     let mut r = SplitMix64::new(mix(step_seed, i as u64, 3));
                     let mut s = augment(&train.samples[i], size, cfg.augment, &mut r);
-                    // A stream of its own, so `paraphrase = 0` trains exactly as before.
+                    // Streams of their own, so `side_focus = 0` and `paraphrase = 0` train
+                    // exactly as before.
+                    let mut r = SplitMix64::new(mix(step_seed, i as u64, 5));
+                    if let Some(o) = orientation
+                        && r.unit_f64() < cfg.side_focus
+                    {
+                        focus_side(&mut s, size, o, &mut r);
+                    }
                     let mut r = SplitMix64::new(mix(step_seed, i as u64, 4));
                     if cfg.paraphrase > 0.0
                         && r.unit_f64() < cfg.paraphrase

@@ -40,8 +40,10 @@ fn config(epochs: usize) -> TrainConfig {
         max_val: None,
         time_budget_s: None,
         aux_from_epoch: 0,
-        // Reworded notes on the training path (seeded, so resumed runs stay exact).
+        // Reworded and side-focused notes on the training path (seeded, so resumed runs stay
+        // exact).
         paraphrase: 0.5,
+        side_focus: 0.3,
     }
 }
 

@@ -12,7 +12,7 @@ use super::image::{read_bgr, read_grey};
 use super::layout::{LayoutOptions, Split, scan_split};
 use super::synth::{self, SynthConfig};
 use super::{DataError, layout::Item};
-use crate::model::init::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// One image at model size: `image [3, S, S]` BGR, `mask [S, S]` in {0, 1}.
 #[derive(Clone, Debug)]

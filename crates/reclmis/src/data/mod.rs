@@ -8,6 +8,7 @@ pub mod layout;
 pub mod metrics;
 pub mod notes;
 pub mod paraphrase;
+pub mod side_focus;
 pub mod synth;
 
 use std::fmt;

@@ -12,7 +12,7 @@
 //! robustness (`bench/wordings/`) are written independently of it.
 
 use crate::finding::{Finding, Side, Zone, Zones, number_word, parse};
-use crate::model::init::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// A new wording of `note`, or `None` when the grammar finds no involved zone in it (such notes
 /// are left as they are).

@@ -544,7 +544,7 @@ pub fn bn_train<const D: usize>(
 /// Helpers shared by the kernel tests of this module, `cpu` and `bf16`.
 #[cfg(test)]
 pub(crate) mod test_util {
-    use crate::model::init::SplitMix64;
+    use crate::rng::SplitMix64;
 
     /// Deterministic values in [-1, 1), so failures reproduce.
     pub fn rand_vec(len: usize, seed: u64) -> Vec<f32> {

@@ -1,6 +1,6 @@
 //! Conditioned masking `_mask_feat`, mode "dist" (reclmis.md §1.8).
 
-use super::init::SplitMix64;
+use crate::rng::SplitMix64;
 
 /// Which tokens are zeroed: `[B, len]` as 0/1 rows.
 #[derive(Clone, Debug, PartialEq)]

@@ -17,10 +17,11 @@ use burn::module::Module;
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::rng::SplitMix64;
 pub use config::{ModelConfig, Parity, Preset, TextEncoderConfig};
 use decoder::UpBlock;
 use encoder::{ConvBatchNorm, DownBlock};
-use init::{Init, SplitMix64};
+use init::Init;
 use interactor::Interactor;
 pub use masking::TokenMask;
 use nn::{Conv1d, Conv2d, Mlp2, NEG_INF, dropout};
