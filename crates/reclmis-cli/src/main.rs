@@ -14,9 +14,8 @@ use burn::tensor::Device;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use reclmis::Error;
-use reclmis::checkpoint::import::{ImportError, import_authors_checkpoint, model_with_clip};
-use reclmis::checkpoint::ours::{self, SaveOptions, TrainState};
-use reclmis::checkpoint::torch::{Format, sniff};
+use reclmis::checkpoint::import::ImportError;
+use reclmis::checkpoint::ours::{self, SaveOptions};
 use reclmis::data::image::read_bgr;
 use reclmis::inspect::{Inspection, inspect_checkpoint, inspect_config, thousands};
 use reclmis::model::{ModelConfig, Preset};
@@ -429,51 +428,10 @@ fn predict_many(args: &PredictArgs, images: &Path, notes: &Path) -> Result<()> {
     Ok(())
 }
 
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-}
-
 fn run_import(args: ImportArgs) -> Result<()> {
     let device = device();
-    let format = sniff(&args.src).map_err(|e| Error::Import(ImportError::Torch(e)))?;
-    let (model, cfg, state) = match format {
-        Format::TorchSave => {
-            let (model, cfg, state) =
-                import_authors_checkpoint(&args.src, &device).map_err(Error::from)?;
-            if let Some(p) = args.preset.filter(|&p| p != cfg.preset) {
-                return Err(Error::Usage(format!(
-                    "--preset {p} given, but {} is a {} checkpoint ({} reconstructor layers)",
-                    args.src.display(),
-                    cfg.preset,
-                    cfg.rec_layers
-                ))
-                .into());
-            }
-            (model, cfg, state)
-        }
-        Format::Safetensors if ours::read_header(&args.src).is_ok() => {
-            return Err(Error::Usage(format!(
-                "{} is already a reclmis checkpoint; use it directly",
-                args.src.display()
-            ))
-            .into());
-        }
-        Format::TorchScript | Format::Safetensors => {
-            let preset = args.preset.unwrap_or(Preset::Qata);
-            let (model, cfg) =
-                model_with_clip(&args.src, preset, args.seed, &device).map_err(Error::from)?;
-            let state = TrainState {
-                origin: format!(
-                    "import:{} (CLIP text tower; the rest initialised with seed {})",
-                    file_name(&args.src),
-                    args.seed
-                ),
-                ..TrainState::default()
-            };
-            (model, cfg, state)
-        }
-    };
+    let reclmis::app::Imported { model, cfg, state } =
+        reclmis::app::import(&args.src, args.preset, args.seed, &device)?;
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_dir(dir)?;
     }
@@ -562,7 +520,7 @@ fn run_notes(args: NotesArgs) -> Result<()> {
             w.write_record([note.key.as_str(), text.as_str()])?;
         }
         let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-        ours::write_atomic(out, &bytes).map_err(|source| Error::Io {
+        reclmis::files::write_atomic(out, &bytes).map_err(|source| Error::Io {
             path: out.clone(),
             source,
         })?;

@@ -6,16 +6,15 @@ use anyhow::Result;
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use reclmis::Error;
-use reclmis::checkpoint::import::model_with_clip;
 use reclmis::checkpoint::ours;
 use reclmis::data::dataset::{Augment, Dataset};
 use reclmis::data::layout::{LayoutOptions, Split, scan_split, scan_split_with_notes};
 use reclmis::data::synth::{SynthConfig, write_lvit};
 use reclmis::demo::DemoConfig;
 use reclmis::eval::{PROTOCOLS, TextMode, evaluate};
-use reclmis::model::{ModelConfig, Preset};
+use reclmis::model::Preset;
 use reclmis::train::{EpochMetrics, Event, TrainConfig, Trainer};
+use reclmis::{Error, app};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -277,7 +276,7 @@ fn epoch_line(m: &EpochMetrics) -> String {
 pub fn run_demo(args: DemoArgs) -> Result<()> {
     let mut cfg = DemoConfig::default();
     if let Some(path) = &args.config {
-        cfg = merged(&cfg, path)?;
+        cfg = app::merged_config(&cfg, path)?;
     }
     if let Some(s) = args.seed {
         cfg.seed = s;
@@ -286,11 +285,7 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
         cfg.epochs = e;
     }
     if let Some(s) = args.image_size {
-        if s == 0 || !s.is_multiple_of(16) {
-            return Err(usage(format!(
-                "--image-size {s} is not a positive multiple of 16"
-            )));
-        }
+        app::check_image_size(s)?;
         cfg.image_size = s;
     }
     if let Some(n) = args.n_train {
@@ -327,7 +322,7 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
     let outcome =
         reclmis::demo::run(&cfg, Some(&args.out), &mut progress(false)).map_err(Error::from)?;
     let r = &outcome.report;
-    let files = reclmis::demo_report::write_report(&args.out, &outcome, &cfg)?;
+    let files = reclmis::demo::report::write_report(&args.out, &outcome, &cfg)?;
     println!(
         "test Dice {:.3} (mIoU {:.3}) with the true notes, {:.3} with shuffled notes, {:.3} with \
          empty notes; trained in {:.0}s",
@@ -343,9 +338,7 @@ pub fn run_synth(args: SynthArgs) -> Result<()> {
         seed: args.seed,
         ..Default::default()
     };
-    let n_train = args.n * 7 / 10;
-    let n_val = args.n / 10;
-    let n_test = args.n - n_train - n_val;
+    let [n_train, n_val, n_test] = app::synth_split(args.n);
     write_lvit(
         &args.out,
         n_train as usize,
@@ -363,117 +356,34 @@ pub fn run_synth(args: SynthArgs) -> Result<()> {
     Ok(())
 }
 
-/// Deep-merges `over` into `base` (tables recursively, everything else replaced).
-fn merge(base: &mut toml::Value, over: toml::Value) {
-    match (base, over) {
-        (toml::Value::Table(b), toml::Value::Table(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(slot) => merge(slot, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (slot, v) => *slot = v,
-    }
-}
-
 fn usage(msg: impl Into<String>) -> anyhow::Error {
     Error::Usage(msg.into()).into()
 }
 
-/// `base` with the TOML file at `path` deep-merged over it.
-fn merged<T: serde::Serialize + serde::de::DeserializeOwned>(base: &T, path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let over: toml::Value =
-        toml::from_str(&text).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-    let mut merged = toml::Value::try_from(base).expect("a config converts to TOML");
-    merge(&mut merged, over);
-    merged
-        .try_into()
-        .map_err(|e| usage(format!("{}: {e}", path.display())))
-}
-
 /// The training config: preset, then the TOML file, then the flags.
-fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
-    let mut cfg = TrainConfig::preset(args.preset);
-    if args.clip.is_none() {
-        cfg.model = cfg.model.clone().with_builtin_text(4);
-    }
-    if let Some(path) = &args.config {
-        cfg = merged(&cfg, path)?;
-    }
-    let m = &mut cfg.model;
-    if let Some(s) = args.image_size {
-        if s == 0 || !s.is_multiple_of(16) {
-            return Err(usage(format!(
-                "--image-size {s} is not a positive multiple of 16"
-            )));
-        }
-        m.image_size = s;
-    }
-    if let Some(b) = args.base_channels {
-        if b < 8 {
-            return Err(usage(format!("--base-channels {b} is below 8")));
-        }
-        m.base_channels = b;
-        if !m.text_encoder.is_frozen() {
-            let layers = match m.text_encoder {
-                reclmis::model::TextEncoderConfig::Builtin { layers, .. } => layers,
-                _ => 4,
-            };
-            *m = m.clone().with_builtin_text(layers);
-        }
-    }
-    if args.clean {
-        m.parity = reclmis::model::Parity::Clean;
-    }
-    if args.text_free {
-        m.text_free = true;
-    }
-    if args.canonical_notes {
-        m.notes.canonical = true;
-    }
-    if let Some(p) = args.paraphrase {
-        cfg.paraphrase = p;
-    }
-    if let Some(p) = args.side_focus {
-        cfg.side_focus = p;
-    }
-    if let Some(e) = args.epochs {
-        cfg.epochs = e;
-    }
-    if let Some(b) = args.batch_size {
-        if b == 0 {
-            return Err(usage("--batch-size must be at least 1"));
-        }
-        cfg.batch_size = b;
-    }
-    if let Some(lr) = args.lr {
-        cfg.lr = lr;
-    }
-    if let Some(s) = args.seed {
-        cfg.seed = s;
-    }
-    if let Some(a) = args.augment {
-        cfg.augment = match a {
+fn train_config(args: &TrainArgs) -> Result<TrainConfig, Error> {
+    let o = app::TrainOverrides {
+        image_size: args.image_size,
+        base_channels: args.base_channels,
+        clean: args.clean,
+        text_free: args.text_free,
+        canonical_notes: args.canonical_notes,
+        paraphrase: args.paraphrase,
+        side_focus: args.side_focus,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        seed: args.seed,
+        augment: args.augment.map(|a| match a {
             AugmentArg::None => Augment::None,
             AugmentArg::Paper => Augment::Paper,
             AugmentArg::TextFaithful => Augment::TextFaithful,
-        };
-    }
-    cfg.max_train = args.max_train.or(cfg.max_train);
-    cfg.max_val = args.max_val.or(cfg.max_val);
-    if let Some(m) = args.time_budget_min {
-        cfg.time_budget_s = Some(m * 60.0);
-    }
-    cfg.validate().map_err(Error::from)?;
-    Ok(cfg)
+        }),
+        max_train: args.max_train,
+        max_val: args.max_val,
+        time_budget_min: args.time_budget_min,
+    };
+    app::train_config(args.preset, args.clip.is_some(), args.config.as_deref(), &o)
 }
 
 fn create_dir(dir: &Path) -> Result<(), Error> {
@@ -490,11 +400,7 @@ fn load_split(
     allow_missing_notes: bool,
     limit: Option<usize>,
 ) -> Result<Dataset, Error> {
-    let opts = LayoutOptions {
-        allow_missing_notes,
-        ..Default::default()
-    };
-    let d = Dataset::from_split(data, split, size, &opts, limit)?;
+    let d = app::load_split(data, split, size, allow_missing_notes, limit)?;
     warn_size_mismatches(&d, split);
     Ok(d)
 }
@@ -513,24 +419,7 @@ fn warn_size_mismatches(d: &Dataset, split: Split) {
 pub fn run_train(args: TrainArgs) -> Result<()> {
     let mut cfg = train_config(&args)?;
     let device = Device::flex().autodiff();
-    let init = match (&args.clip, args.resume) {
-        (Some(clip), false) => {
-            let model = if ours::read_header(clip).is_ok() {
-                let l = ours::load(clip, &device).map_err(Error::from)?;
-                cfg.model.text_encoder = l.cfg.text_encoder.clone();
-                let (m, _) = model_with_clip_from_loaded(l, &cfg.model, cfg.seed, &device)?;
-                m
-            } else {
-                let (m, c) = model_with_clip(clip, cfg.model.preset, cfg.seed, &device)
-                    .map_err(Error::from)?;
-                cfg.model.text_encoder = c.text_encoder;
-                m
-            };
-            cfg.validate().map_err(Error::from)?;
-            Some(model)
-        }
-        _ => None,
-    };
+    let init = app::initial_model(args.clip.as_deref(), args.resume, &mut cfg, &device)?;
     let size = cfg.model.image_size;
     eprintln!("loading {} at {size}×{size}…", args.data.display());
     let train = load_split(
@@ -575,7 +464,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         .run(&train, &val, &mut progress(false))
         .map(|h| h.to_vec());
     if !trainer.history.is_empty() {
-        reclmis::demo_report::write_curves(&args.out.join("curves.png"), &trainer.history)?;
+        reclmis::report::curves::write_curves(&args.out.join("curves.png"), &trainer.history)?;
     }
     result.map_err(Error::from)?;
     println!(
@@ -585,18 +474,6 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-/// A loaded checkpoint's CLIP tower inside a fresh model of `cfg`.
-fn model_with_clip_from_loaded(
-    l: ours::Loaded,
-    cfg: &ModelConfig,
-    seed: u64,
-    device: &Device,
-) -> Result<(reclmis::model::RecLMIS, ModelConfig), Error> {
-    let mut model = reclmis::model::RecLMIS::new(cfg, seed, device);
-    model.clip = l.model.clip;
-    Ok((model, cfg.clone()))
 }
 
 pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
@@ -637,7 +514,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         w.serialize(r)?;
     }
     let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-    ours::write_atomic(&csv_path, &bytes).map_err(|source| Error::Io {
+    reclmis::files::write_atomic(&csv_path, &bytes).map_err(|source| Error::Io {
         path: csv_path.clone(),
         source,
     })?;
@@ -682,10 +559,9 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         steps: args.steps,
         infer_reps: 3,
     };
-    if bc.image_size == 0 || !bc.image_size.is_multiple_of(16) || bc.batch_size == 0 {
-        return Err(usage(
-            "--image-size must be a positive multiple of 16 and --batch-size at least 1",
-        ));
+    app::check_image_size(bc.image_size)?;
+    if bc.batch_size == 0 {
+        return Err(usage("--batch-size must be at least 1"));
     }
     reclmis::kernels::set_kernels(match args.kernels {
         Kernels::Ours => reclmis::kernels::KernelChoice::Ours,

@@ -4,12 +4,13 @@
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::AdamConfig;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Branches, ModelConfig, RecLMIS, TokenBatch, to_vec};
 use crate::rng::SplitMix64;
+use crate::step;
 use crate::tokenizer::{Tokenizer, pad_note};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -106,17 +107,16 @@ pub fn run(bc: &BenchConfig, on_progress: &mut dyn FnMut(&str)) -> BenchResult {
         let (images, masks, tokens) = inputs(&cfg, bc.batch_size, &device, &mut rng);
         let t0 = Instant::now();
         let tfc = model.encode_text(&cfg, &tokens, true);
-        let out = model.forward(
+        let (_, losses) = step::forward(
+            &model,
             &cfg,
             images,
             tfc,
             &tokens,
+            masks,
             Branches::Aux { seed: i as u64 },
-            true,
         );
-        let losses = model.losses(&cfg, &out, masks);
-        let grads = GradientsParams::from_grads(losses.total.backward(), &model);
-        model = optim.step(3e-4, model, grads);
+        model = step::update(model, &mut optim, 3e-4, &losses);
         // Wait for the update to finish before stopping the clock.
         let _ = to_vec(&model.outc.weight.val());
         if i > 0 {

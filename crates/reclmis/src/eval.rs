@@ -9,8 +9,8 @@ use crate::data::metrics::{self, Counts};
 use crate::finding::ParseStatus;
 use crate::model::{Branches, ModelConfig, RecLMIS, to_vec};
 use crate::rng::SplitMix64;
+use crate::step::{TextCache, make_batch};
 use crate::tokenizer::Tokenizer;
-use crate::train::{TextCache, make_batch};
 
 /// Which note each image is paired with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,13 +5,14 @@
 //! of Huang et al., *Cross-Modal Conditioned Reconstruction for Language-guided Medical Image
 //! Segmentation* (IEEE TMI 2025), computed exactly as the authors' code computes it.
 
+pub mod app;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod demo;
-pub mod demo_report;
 pub mod error;
 pub mod eval;
+pub mod files;
 pub mod finding;
 pub mod inspect;
 pub mod kernels;
@@ -19,6 +20,7 @@ pub mod model;
 pub mod predict;
 pub mod report;
 pub mod rng;
+pub mod step;
 pub mod tokenizer;
 pub mod train;
 

@@ -148,7 +148,7 @@ fn text_free_baseline_ignores_the_note_and_trains() {
     let mut other = tokens.clone();
     other.ids.reverse();
     let run = |t: &TokenBatch| {
-        let mut cache = reclmis::train::TextCache::default();
+        let mut cache = reclmis::step::TextCache::default();
         let tfc = cache.encode(&model, &cfg, t, true);
         model.forward(
             &cfg,

@@ -14,6 +14,7 @@ use burn::tensor::Device;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
+use crate::files::write_atomic;
 use crate::inspect::is_training_only;
 use crate::model::weights::{HostTensor, WeightsError, load_tensors, named_tensors};
 use crate::model::{ModelConfig, RecLMIS};
@@ -101,30 +102,6 @@ pub fn checkpoint_file(path: &Path) -> PathBuf {
     } else {
         path.to_path_buf()
     }
-}
-
-/// Writes `bytes` to `path` through a temporary sibling and a rename, so a reader never sees a
-/// half-written file and an existing file survives a failed write.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir
-        .unwrap_or(Path::new("."))
-        .join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// How a checkpoint stores its tensors; `load` reads either into float32.

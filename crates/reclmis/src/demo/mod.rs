@@ -1,6 +1,9 @@
 //! `reclmis demo`: the procedural dataset, a short training of a reduced RecLMIS, evaluation
 //! with true and shuffled notes, and a report folder with an `index.html`.
 
+mod page;
+pub mod report;
+
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -8,10 +11,10 @@ use std::time::Instant;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::ours::write_atomic;
 use crate::data::dataset::{Augment, Dataset};
 use crate::data::synth::SynthConfig;
 use crate::eval::{EvalSummary, TextMode, evaluate};
+use crate::files::write_atomic;
 use crate::model::ModelConfig;
 use crate::model::config::LossWeights;
 use crate::train::{EpochMetrics, Event, LrSchedule, TrainConfig, TrainError, Trainer};

@@ -1,162 +1,25 @@
-//! Training (reclmis.md §2): Adam, the presets' LR schedules, validation every epoch on the hard
-//! Dice, best and last checkpoints written atomically, early stopping, `--resume`.
+//! The training loop (docs §2): Adam, validation every epoch on the hard Dice, best and last
+//! checkpoints written atomically, early stopping, a time budget and `--resume`.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::optim::{AdamConfig, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::ours::{self, CheckpointError, SaveOptions, TrainState, write_atomic};
-use crate::data::dataset::{Augment, Dataset, Sample, augment};
+use super::TrainConfig;
+use crate::checkpoint::ours::{self, CheckpointError, SaveOptions, TrainState};
+use crate::data::dataset::{Dataset, Sample, augment};
 use crate::data::metrics;
 use crate::data::paraphrase::paraphrase_note;
 use crate::data::side_focus::{self, focus_side};
-use crate::model::{Branches, ModelConfig, Preset, RecLMIS, TokenBatch, to_vec};
+use crate::files::write_atomic;
+use crate::model::{Branches, ModelConfig, RecLMIS, to_vec};
 use crate::rng::{SplitMix64, mix};
-use crate::tokenizer::{Tokenizer, pad_note};
-
-/// Learning rate as a function of the 0-based epoch, stepped once per epoch after validation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum LrSchedule {
-    /// QaTa: `eta_min + (lr − eta_min)·(1 + cos(π·(e mod t0)/t0))/2`.
-    CosineRestarts {
-        t0: usize,
-        eta_min: f64,
-    },
-    /// MosMed: `lr·max(gamma^e, floor)`.
-    Exp {
-        gamma: f64,
-        floor: f64,
-    },
-    Constant,
-}
-
-impl LrSchedule {
-    pub fn lr(&self, base: f64, epoch: usize) -> f64 {
-        match *self {
-            Self::CosineRestarts { t0, eta_min } => {
-                let t = (epoch % t0.max(1)) as f64 / t0.max(1) as f64;
-                eta_min + (base - eta_min) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
-            }
-            Self::Exp { gamma, floor } => base * gamma.powi(epoch as i32).max(floor),
-            Self::Constant => base,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TrainConfig {
-    pub model: ModelConfig,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub schedule: LrSchedule,
-    /// Stop after this many epochs without a better validation Dice (§2 step 6).
-    pub patience: usize,
-    pub seed: u64,
-    pub augment: Augment,
-    /// Use at most this many training / validation images (quick runs).
-    pub max_train: Option<usize>,
-    pub max_val: Option<usize>,
-    /// Stop at the end of the epoch during which this many seconds have passed.
-    pub time_budget_s: Option<f64>,
-    /// Epochs that train the segmentation loss alone before the auxiliary branch (POI/WOI,
-    /// reconstructors, CCL) joins; 0, the paper's recipe, has it from the first step. A model
-    /// trained from scratch with a built-in text encoder needs a few such epochs to start
-    /// reading the notes (README, "What the demo does").
-    pub aux_from_epoch: usize,
-    /// Probability that a training note is rewritten in a new wording at a step
-    /// ([`crate::data::paraphrase`]); 0 trains on the notes as written.
-    pub paraphrase: f64,
-    /// Probability that a training sample is narrowed to one side at a step, its note and
-    /// target mask alike ([`crate::data::side_focus`]); 0 trains on the samples as they are.
-    pub side_focus: f64,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self::preset(Preset::Qata)
-    }
-}
-
-impl TrainConfig {
-    /// The authors' recipe for a preset (§2).
-    pub fn preset(p: Preset) -> Self {
-        let (batch_size, epochs, patience, schedule) = match p {
-            Preset::Qata => (
-                32,
-                2000,
-                100,
-                LrSchedule::CosineRestarts {
-                    t0: 10,
-                    eta_min: 1e-4,
-                },
-            ),
-            Preset::Mosmed => (
-                20,
-                400,
-                30,
-                LrSchedule::Exp {
-                    gamma: 0.99,
-                    floor: 0.1,
-                },
-            ),
-        };
-        Self {
-            model: ModelConfig::preset(p),
-            epochs,
-            batch_size,
-            lr: 3e-4,
-            schedule,
-            patience,
-            seed: 3407,
-            augment: Augment::TextFaithful,
-            max_train: None,
-            max_val: None,
-            time_budget_s: None,
-            aux_from_epoch: 0,
-            paraphrase: 0.0,
-            side_focus: 0.0,
-        }
-    }
-
-    pub fn validate(&self) -> Result<(), crate::model::config::ConfigError> {
-        use crate::model::config::ConfigError;
-        self.model.validate()?;
-        if self.batch_size == 0 {
-            return Err(ConfigError("batch_size must be at least 1".into()));
-        }
-        if self.epochs == 0 {
-            return Err(ConfigError("epochs must be at least 1".into()));
-        }
-        for (name, p) in [
-            ("paraphrase", self.paraphrase),
-            ("side_focus", self.side_focus),
-        ] {
-            if !(0.0..=1.0).contains(&p) {
-                return Err(ConfigError(format!(
-                    "{name} {p} must be a probability in [0, 1]"
-                )));
-            }
-        }
-        if self.model.text_free && self.side_focus > 0.0 {
-            return Err(ConfigError(
-                "side_focus needs a model that reads notes (not text_free)".into(),
-            ));
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(ConfigError(format!("lr {} must be positive", self.lr)));
-        }
-        Ok(())
-    }
-}
+use crate::step::{self, TextCache, make_batch};
 
 fn yes() -> bool {
     true
@@ -261,100 +124,6 @@ impl RunPaths {
 }
 
 const TEXT_TOWER_FILE: &str = "text_tower.safetensors";
-
-/// A batch ready for the model.
-pub struct BatchTensors {
-    pub images: Tensor<4>,
-    pub masks: Tensor<3>,
-    pub tokens: TokenBatch,
-    pub notes: Vec<String>,
-    pub mask_values: Vec<u8>,
-}
-
-/// Builds model inputs from samples: BGR/255 images, 0/1 masks, notes padded and tokenised as
-/// the authors do (§4.3), after `cfg.notes` has turned each note into the text the encoder reads.
-pub fn make_batch(
-    samples: &[Sample],
-    size: usize,
-    cfg: &ModelConfig,
-    device: &Device,
-) -> BatchTensors {
-    let b = samples.len();
-    let tok = Tokenizer::clip();
-    let images: Vec<f32> = samples
-        .iter()
-        .flat_map(|s| s.image.iter().map(|&v| v as f32 / 255.0))
-        .collect();
-    let mask_values: Vec<u8> = samples
-        .iter()
-        .flat_map(|s| s.mask.iter().copied())
-        .collect();
-    let rows: Vec<Vec<i64>> = samples
-        .iter()
-        .map(|s| {
-            tok.tokenize(&pad_note(&cfg.notes.model_text(&s.note)), cfg.context)
-                .ids
-        })
-        .collect();
-    BatchTensors {
-        images: Tensor::from_data(TensorData::new(images, [b, 3, size, size]), device),
-        masks: Tensor::from_data(
-            TensorData::new(
-                mask_values.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-                [b, size, size],
-            ),
-            device,
-        ),
-        tokens: TokenBatch::new(&rows),
-        notes: samples.iter().map(|s| s.note.clone()).collect(),
-        mask_values,
-    }
-}
-
-/// Text features of a frozen tower, computed once per distinct note.
-#[derive(Default)]
-pub struct TextCache {
-    rows: HashMap<Vec<i64>, Vec<f32>>,
-}
-
-impl TextCache {
-    /// `text_feat_clip` for a batch: from the cache when the tower is frozen, else a fresh
-    /// (differentiable) forward.
-    pub fn encode(
-        &mut self,
-        model: &RecLMIS,
-        cfg: &ModelConfig,
-        tokens: &TokenBatch,
-        train: bool,
-    ) -> Tensor<3> {
-        let device = model.device();
-        let (l, d) = (tokens.len, cfg.d_model());
-        if cfg.text_free {
-            return Tensor::zeros([tokens.batch, l, d], &device);
-        }
-        if !cfg.text_encoder.is_frozen() {
-            return model.encode_text(cfg, tokens, train);
-        }
-        let missing: Vec<Vec<i64>> = tokens
-            .ids
-            .chunks(l)
-            .filter(|r| !self.rows.contains_key(*r))
-            .map(<[i64]>::to_vec)
-            .collect();
-        if !missing.is_empty() {
-            let fresh = model.encode_text(cfg, &TokenBatch::new(&missing), false);
-            let v = to_vec(&fresh);
-            for (r, row) in missing.into_iter().zip(v.chunks(l * d)) {
-                self.rows.insert(r, row.to_vec());
-            }
-        }
-        let mut out = Vec::with_capacity(tokens.batch * l * d);
-        for r in tokens.ids.chunks(l) {
-            out.extend_from_slice(&self.rows[r]);
-        }
-        Tensor::from_data(TensorData::new(out, [tokens.batch, l, d]), &device)
-    }
-}
 
 /// Validation pass: mean criterion loss and the authors' hard validation Dice (§2 step 4).
 pub fn validate(
@@ -596,10 +365,15 @@ impl Trainer {
             } else {
                 Branches::Segment
             };
-            let out = self
-                .model
-                .forward(&cfg.model, b.images, tfc, &b.tokens, branches, true);
-            let losses = self.model.losses(&cfg.model, &out, b.masks);
+            let (out, losses) = step::forward(
+                &self.model,
+                &cfg.model,
+                b.images,
+                tfc,
+                &b.tokens,
+                b.masks,
+                branches,
+            );
             let total = to_vec(&losses.total)[0] as f64;
             if !total.is_finite() {
                 return Err(TrainError::NonFinite {
@@ -630,8 +404,7 @@ impl Trainer {
             sums[4] += part(&losses.img_rec) * n;
             sums[5] += dice;
             seen += idx.len();
-            let grads = GradientsParams::from_grads(losses.total.backward(), &self.model);
-            self.model = self.optim.step(lr, self.model.clone(), grads);
+            self.model = step::update(self.model.clone(), &mut self.optim, lr, &losses);
             self.state.step += 1;
             on(Event::Step {
                 step: s + 1,
@@ -708,33 +481,5 @@ impl Trainer {
         })?;
         ours::save(&p.last(), &self.model, &self.cfg.model, &self.state, opts())?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_carry_the_text_the_notes_config_asks_for() {
-        let note = "Bibasal opacities, apices clear.";
-        let canonical = "bilateral pulmonary infection, two infected areas, lower left lung and \
-                         lower right lung.";
-        let sample = Sample {
-            key: "k".into(),
-            image: vec![0; 3 * 16 * 16],
-            mask: vec![0; 16 * 16],
-            note: note.into(),
-        };
-        let device = Device::flex();
-        let ids = |text: &str| Tokenizer::clip().tokenize(&pad_note(text), 18).ids;
-        let mut cfg = ModelConfig::qata();
-        let raw = make_batch(std::slice::from_ref(&sample), 16, &cfg, &device);
-        assert_eq!(raw.tokens.ids, ids(note));
-        cfg.notes.canonical = true;
-        let read = make_batch(std::slice::from_ref(&sample), 16, &cfg, &device);
-        assert_eq!(read.tokens.ids, ids(canonical));
-        // The batch keeps the note as written, for reports.
-        assert_eq!(read.notes, vec![note.to_owned()]);
     }
 }

@@ -4,13 +4,15 @@
 //! Images here are 8-bit, rows top to bottom, channels interleaved. Inputs come as the model's
 //! [`ImageU8`] (B, G, R); every picture written is RGB (or grey for masks).
 
+pub mod curves;
+
 use std::path::Path;
 
 use image::{ExtendedColorType, ImageEncoder, codecs::png::PngEncoder};
 
 use crate::Error;
-use crate::checkpoint::ours::write_atomic;
 use crate::data::ImageU8;
+use crate::files::write_atomic;
 
 /// Fill and edge colours of the predicted mask in overlays.
 const MASK_FILL: [u8; 3] = [235, 45, 45];
