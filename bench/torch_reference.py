@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""RecLMIS written in PyTorch from the specification (reclmis.md), as an independent reference.
+"""RecLMIS written in PyTorch from the design (docs/), as an independent reference.
 
 Two uses:
 
@@ -15,7 +15,7 @@ Two uses:
   and 4 (one warm-up, median of three). Weights and inputs are random. ``--bf16`` runs forward
   passes under ``torch.autocast("cpu", dtype=torch.bfloat16)``; losses stay in float32.
 
-Only the paper behaviour is implemented (reclmis.md §7 "Parity" column): no residuals, norms or
+Only the paper behaviour is implemented (docs §7 "Parity" column): no residuals, norms or
 key-padding mask in the Interactor, causal and reweighted reconstructor attention, double softmax
 in CCL, un-detached image reconstruction target, text MSE over pads. A checkpoint whose config asks
 for the clean setting or a non-CLIP text tower is refused.

@@ -1,5 +1,5 @@
 //! `reclmis`, the command-line tool: it parses flags, shows progress and prints results; the work
-//! is done by library functions (product.md "Commands").
+//! is done by library functions (docs/product.md "Commands").
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input. A failure prints one line
 //! `error: …` on stderr, and `hint: …` where one helps.

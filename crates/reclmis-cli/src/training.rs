@@ -33,7 +33,7 @@ pub struct DemoArgs {
     /// Training images (default 400)
     #[arg(long, value_name = "N")]
     pub n_train: Option<u64>,
-    /// The paper's setting instead of the demo's default `clean` one (reclmis.md §7)
+    /// The paper's setting instead of the demo's default `clean` one (docs §7)
     #[arg(long)]
     pub paper: bool,
     /// Most lesions per phantom, 1–4 (default 4)
@@ -112,7 +112,7 @@ pub struct TrainArgs {
     /// Stop after the epoch during which this many minutes have passed
     #[arg(long, value_name = "MIN")]
     pub time_budget_min: Option<f64>,
-    /// The `clean` setting instead of the paper's (reclmis.md §7)
+    /// The `clean` setting instead of the paper's (docs §7)
     #[arg(long)]
     pub clean: bool,
     /// Use the empty note for images without one (default: an error)

@@ -1,6 +1,6 @@
 //! The `reclmis` binary end to end: `import` of the authors' checkpoint, `predict` reproducing the
-//! probabilities their code computed, `inspect`'s numbers (reclmis.md §1.11), and bad input
-//! ending in exit code 2 with the file named (product.md "Bad input").
+//! probabilities their code computed, `inspect`'s numbers (docs §1.11), and bad input
+//! ending in exit code 2 with the file named (docs/product.md "Bad input").
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

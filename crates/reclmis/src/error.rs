@@ -1,5 +1,5 @@
 //! The library's top-level error: every failure a command can end in, with the exit code and the
-//! hint the CLI prints (product.md "Exit codes" and "Bad input").
+//! hint the CLI prints (docs/product.md "Exit codes" and "Bad input").
 
 use std::io::ErrorKind;
 use std::path::PathBuf;
@@ -43,7 +43,7 @@ pub const EXIT_RUNTIME: i32 = 1;
 
 impl Error {
     /// 2 for bad usage or bad input (unreadable data, a corrupt, foreign or missing checkpoint, an
-    /// invalid config, an output folder that cannot be written or a full disk, which product.md
+    /// invalid config, an output folder that cannot be written or a full disk, which docs/product.md
     /// lists as bad input); 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         let bad = match self {

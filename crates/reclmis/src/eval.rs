@@ -1,4 +1,4 @@
-//! The LViT test protocol (reclmis.md §5) with true, shuffled or empty notes.
+//! The LViT test protocol (docs §5) with true, shuffled or empty notes.
 
 use burn::module::Module;
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,5 @@
 //! What a model is made of: parameters per block, which of them train, which the segmentation
-//! path runs (reclmis.md §1.11, §1.12), the config and the text encoder.
+//! path runs (docs §1.11, §1.12), the config and the text encoder.
 
 use std::fmt::{self, Write as _};
 use std::path::Path;
@@ -492,7 +492,7 @@ mod tests {
 
     #[test]
     fn qata_matches_the_parameter_table() {
-        // reclmis.md §1.11: inference path, +POI/WOI, without CLIP, trainable.
+        // docs §1.11: inference path, +POI/WOI, without CLIP, trainable.
         check(
             ModelConfig::qata(),
             "reclmis-qata-state-dict.tsv",

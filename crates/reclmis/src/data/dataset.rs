@@ -110,16 +110,10 @@ fn load_item(it: &Item, size: usize) -> Result<(Sample, bool), DataError> {
     let mismatch = (img.width, img.height) != (mask.width, mask.height);
     let img = img.resized(size, size);
     let mask = mask.resized(size, size);
-    let mut chw = vec![0u8; 3 * size * size];
-    for (p, px) in img.data.chunks_exact(img.channels).enumerate() {
-        for c in 0..3 {
-            chw[c * size * size + p] = px[c.min(img.channels - 1)];
-        }
-    }
     Ok((
         Sample {
             key: it.key.clone(),
-            image: chw,
+            image: img.to_planes(3),
             mask: mask.data.iter().map(|&v| (v > 0) as u8).collect(),
             note: it.note.clone(),
         },

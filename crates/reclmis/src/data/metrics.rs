@@ -1,5 +1,5 @@
 //! Segmentation scores as the authors compute them: the test protocol of `test_model.py`
-//! (reclmis.md §5) and the validation hard Dice of `_show_dice` (§2 step 4, §3). The two differ
+//! (docs §5) and the validation hard Dice of `_show_dice` (§2 step 4, §3). The two differ
 //! on purpose (§7 quirk 11): threshold `> 0.5` vs `≥ 0.5`, and empty/empty scores 0 vs 1.
 
 /// Per-image scores of the test protocol.

@@ -3,7 +3,7 @@
 //! header row, or a `.jsonl` with one `{"Image": …, "Description": …}` object per line.
 //!
 //! Notes are kept verbatim; the authors' " EOF XXX" padding belongs to tokenisation
-//! (reclmis.md §4.3), not to reading.
+//! (docs §4.3), not to reading.
 
 use std::collections::HashMap;
 use std::io::BufRead;

@@ -15,7 +15,6 @@ use super::page::{ExampleRow, RunFacts, render_html};
 use super::{DemoConfig, DemoOutcome};
 use crate::Error;
 use crate::data::ImageU8;
-use crate::data::dataset::Sample;
 use crate::data::metrics::test_scores;
 use crate::eval::{TextMode, notes_for};
 use crate::predict::{Prediction, predict_image};
@@ -82,7 +81,7 @@ pub fn write_report(
     let mut examples = Vec::new();
     let mut rows = Vec::new();
     for (sample, shuffled_note) in test.samples.iter().zip(&shuffled).take(cfg.n_examples) {
-        let img = planar_to_image(sample, test.size);
+        let img = ImageU8::from_planes(&sample.image, test.size, test.size, 3);
         let own = predict_image(model, mcfg, &img, &sample.note);
         let other = predict_image(model, mcfg, &img, shuffled_note);
         let pictures = example_pictures(&img, &sample.mask, &own, &other);
@@ -118,20 +117,6 @@ pub fn write_report(
         curves,
         examples,
     })
-}
-
-/// A dataset sample (`[3, S, S]` B, G, R planes) as an interleaved image.
-fn planar_to_image(sample: &Sample, size: usize) -> ImageU8 {
-    let plane = size * size;
-    let data = (0..plane)
-        .flat_map(|i| [0, 1, 2].map(|c| sample.image[c * plane + i]))
-        .collect();
-    ImageU8 {
-        width: size,
-        height: size,
-        channels: 3,
-        data,
-    }
 }
 
 /// Whole-number nearest-neighbour enlargement of a `[size, size]` grid of `channels`-byte pixels.
@@ -184,6 +169,7 @@ fn example_pictures(img: &ImageU8, truth: &[u8], own: &Prediction, other: &Predi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::dataset::Sample;
     use crate::report::curves::{CURVES_H, CURVES_W};
 
     fn tiny() -> DemoConfig {
@@ -321,7 +307,7 @@ mod tests {
             mask: vec![0; 4],
             note: String::new(),
         };
-        let img = planar_to_image(&sample, 2);
+        let img = ImageU8::from_planes(&sample.image, 2, 2, 3);
         assert_eq!(img.data, [1, 11, 21, 2, 12, 22, 3, 13, 23, 4, 14, 24]);
         assert_eq!(
             enlarge(&[1u8, 2, 3, 4], 2, 1, 2),

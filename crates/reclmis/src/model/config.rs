@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::finding::NotesConfig;
 
-/// Which dataset's configuration file the authors used (reclmis.md §1.1, §2).
+/// Which dataset's configuration file the authors used (docs §1.1, §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
@@ -36,7 +36,7 @@ impl std::fmt::Display for Preset {
     }
 }
 
-/// `paper` computes what the authors' code computes, quirks included (reclmis.md §7);
+/// `paper` computes what the authors' code computes, quirks included (docs §7);
 /// `clean` fixes the quirks that change the training signal (see [`Parity::differences`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,4 +1,4 @@
-//! LViT's decoder with pixel-level attention (PLAM) on the skips, and the head (reclmis.md §1.10).
+//! LViT's decoder with pixel-level attention (PLAM) on the skips, and the head (docs §1.10).
 
 use burn::module::Module;
 use burn::tensor::Tensor;

@@ -1,4 +1,4 @@
-//! LViT's CNN encoder (reclmis.md §1.2).
+//! LViT's CNN encoder (docs §1.2).
 
 use burn::module::Module;
 use burn::tensor::Tensor;

@@ -1,4 +1,4 @@
-//! Seeded parameter initialisation with PyTorch's default distributions (reclmis.md §2).
+//! Seeded parameter initialisation with PyTorch's default distributions (docs §2).
 //!
 //! Values come from our own SplitMix64 stream, so a seed gives the same model on every machine
 //! and backend and with every crate version.

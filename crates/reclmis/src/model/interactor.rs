@@ -1,4 +1,4 @@
-//! The text–image Interactor at the bottleneck (reclmis.md §1.6).
+//! The text–image Interactor at the bottleneck (docs §1.6).
 
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;

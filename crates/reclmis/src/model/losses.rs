@@ -1,4 +1,4 @@
-//! The five losses (reclmis.md §3).
+//! The five losses (docs §3).
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Tensor, TensorData};

@@ -1,4 +1,4 @@
-//! Conditioned masking `_mask_feat`, mode "dist" (reclmis.md §1.8).
+//! Conditioned masking `_mask_feat`, mode "dist" (docs §1.8).
 
 use crate::rng::SplitMix64;
 

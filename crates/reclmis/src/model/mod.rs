@@ -1,4 +1,4 @@
-//! RecLMIS (reclmis.md §1): CNN encoder, text tower, Interactor, PLAM decoder, and the
+//! RecLMIS (docs §1): CNN encoder, text tower, Interactor, PLAM decoder, and the
 //! training-only POI/WOI heads, conditioned masking and reconstructors.
 
 pub mod config;

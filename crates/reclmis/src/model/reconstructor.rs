@@ -1,4 +1,4 @@
-//! The conditioned reconstructors `rec_text_trans1` / `rec_img_trans1` (reclmis.md §1.9).
+//! The conditioned reconstructors `rec_text_trans1` / `rec_img_trans1` (docs §1.9).
 
 use burn::module::Module;
 use burn::tensor::activation::relu;

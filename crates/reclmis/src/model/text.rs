@@ -1,4 +1,4 @@
-//! The text tower: CLIP's text transformer as RecLMIS calls it (reclmis.md §1.3), and the
+//! The text tower: CLIP's text transformer as RecLMIS calls it (docs §1.3), and the
 //! built-in encoder, which is the same architecture at a smaller size and trainable.
 
 use burn::module::{Module, Param};

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Shape, Tensor, TensorData};
 
 /// The only places where a Rust field name differs from the authors' key segment.
@@ -121,35 +121,6 @@ pub fn named_grads<M: Module>(
     let mut v = G {
         path: KeyPath::default(),
         grads,
-        out: Vec::new(),
-    };
-    module.visit(&mut v);
-    v.out
-}
-
-/// Ids of the parameters whose key starts with `prefix`.
-pub fn param_ids_with_prefix<M: Module>(module: &M, prefix: &str) -> Vec<ParamId> {
-    struct Ids<'a> {
-        path: KeyPath,
-        prefix: &'a str,
-        out: Vec<ParamId>,
-    }
-    impl ModuleVisitor for Ids<'_> {
-        fn enter_module(&mut self, name: &str, _c: &str) {
-            self.path.enter(name);
-        }
-        fn exit_module(&mut self, _name: &str, _c: &str) {
-            self.path.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if self.path.key().starts_with(self.prefix) {
-                self.out.push(param.id);
-            }
-        }
-    }
-    let mut v = Ids {
-        path: KeyPath::default(),
-        prefix,
         out: Vec::new(),
     };
     module.visit(&mut v);

@@ -99,7 +99,7 @@ pub fn read_hf_clip(path: &Path) -> Result<StateDict> {
 }
 
 /// The text-tower tensors of an OpenAI-named CLIP state dict, renamed `clip.*` as in the
-/// RecLMIS state dict (reclmis.md §6). The visual tower and extras such as `attn_mask`,
+/// RecLMIS state dict (docs §6). The visual tower and extras such as `attn_mask`,
 /// `input_resolution` or `context_length` are dropped.
 pub fn clip_text_from_openai(sd: &StateDict) -> StateDict {
     let tensors = sd

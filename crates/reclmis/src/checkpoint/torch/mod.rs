@@ -51,11 +51,6 @@ impl DType {
         }
     }
 
-    /// Integer (and bool) types, whose exact values go to [`RawTensor::ints`].
-    pub fn is_int(self) -> bool {
-        matches!(self, DType::I64 | DType::I32 | DType::U8 | DType::Bool)
-    }
-
     fn from_storage(name: &str) -> Option<DType> {
         Some(match name {
             "FloatStorage" => DType::F32,
@@ -134,7 +129,7 @@ impl StateDict {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
     pub state_dict: StateDict,
-    /// 0-based epoch at which it was saved (reclmis.md §6), when present.
+    /// 0-based epoch at which it was saved (docs §6), when present.
     pub epoch: Option<i64>,
     pub best_model: Option<bool>,
     pub model: Option<String>,

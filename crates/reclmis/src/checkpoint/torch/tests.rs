@@ -141,7 +141,7 @@ fn check_parity_checkpoint(preset: &str, keys: usize) {
         assert_eq!(t.dtype, dtype, "{key}");
         assert_eq!(t.ints.is_some(), dtype == DType::I64, "{key}");
     }
-    // Block order of reclmis.md §6.
+    // Block order of docs §6.
     let mut blocks: Vec<&str> = Vec::new();
     for k in sd.keys() {
         let b = k.split('.').next().unwrap();

@@ -22,7 +22,7 @@
 //!   lung written as "upper middle lower left lung", left lung before right lung), capitalised as
 //!   LViT's notes are: "Bilateral pulmonary infection, two infected areas, lower left lung and
 //!   middle right lung." With up to four zones (the default), every note keeps all its zone
-//!   words within CLIP's 18-token context (reclmis.md §1.4 truncation).
+//!   words within CLIP's 18-token context (docs §1.4 truncation).
 //! - **Determinism:** a sample depends only on `(seed, index, max_lesions, max_distractors)` and
 //!   the size it is drawn at; the scene is laid out in size-free body coordinates, so the same
 //!   index at 64 and 224 px is the same chest. Randomness comes from the crate's SplitMix64

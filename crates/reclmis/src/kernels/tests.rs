@@ -1,0 +1,172 @@
+use burn::tensor::Gradients;
+
+use super::test_util::rel_err;
+use super::*;
+use crate::model::encoder::ConvBatchNorm;
+use crate::model::init::Init;
+use crate::model::nn::{BatchNorm, Conv2d};
+
+fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+fn random<const D: usize>(init: &mut Init, shape: [usize; D]) -> Tensor<D> {
+    init.uniform(shape, 1.0).val()
+}
+
+fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.clone()
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("float32 tensor")
+}
+
+fn grad<const D: usize>(t: &Tensor<D>, grads: &Gradients) -> Vec<f32> {
+    let g = t.grad(grads).expect("tensor has a gradient");
+    g.into_data().try_to_vec::<f32>().expect("float32 gradient")
+}
+
+#[test]
+fn conv_matches_burn_forward_and_gradients() {
+    for (i, &(b, cin, cout, h, w, k, bias)) in [
+        (2, 3, 5, 7, 9, 3, true),
+        (2, 4, 3, 6, 5, 1, false),
+        (1, 3, 2, 5, 6, 5, true),
+        (2, 16, 8, 12, 12, 3, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut init = Init::new(40 + i as u64, &device());
+        let conv = Conv2d::new(cin, cout, k, bias, &mut init);
+        let x = random(&mut init, [b, cin, h, w]).require_grad();
+        let r = random(&mut init, [b, cout, h, w]);
+        let run = |y: Tensor<4>| {
+            let grads = (y.clone() * r.clone()).sum().backward();
+            let mut out = vec![host(&y), grad(&x, &grads), grad(&conv.weight.val(), &grads)];
+            if let Some(bias) = &conv.bias {
+                out.push(grad(&bias.val(), &grads));
+            }
+            out
+        };
+        let ours = run(conv.forward(x.clone()));
+        let reference = run(conv.forward_burn(x.clone()));
+        for (j, (o, r)) in ours.iter().zip(&reference).enumerate() {
+            let e = rel_err(o, r);
+            assert!(
+                e <= 1e-5,
+                "case {i}, tensor {j} (y, dx, dw, db): rel err {e:.2e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn batch_norm_train_matches_burn_with_and_without_relu() {
+    for (i, &(b, c, h, w, relu)) in [(2, 3, 5, 7, true), (3, 4, 1, 11, false), (2, 6, 8, 8, true)]
+        .iter()
+        .enumerate()
+    {
+        let mut init = Init::new(60 + i as u64, &device());
+        let ours_bn = BatchNorm::new(c, &mut init);
+        let ref_bn = BatchNorm::new(c, &mut init);
+        let gamma = random(&mut init, [c]);
+        let beta = random(&mut init, [c]);
+        let x = random(&mut init, [b, c, h, w])
+            .mul_scalar(3.0)
+            .add_scalar(0.5)
+            .detach()
+            .require_grad();
+        let r = random(&mut init, [b, c, h, w]);
+        // Same affine parameters in both modules.
+        let ours_bn = BatchNorm {
+            weight: burn::module::Param::from_tensor(gamma.clone()),
+            bias: burn::module::Param::from_tensor(beta.clone()),
+            ..ours_bn
+        };
+        let ref_bn = BatchNorm {
+            weight: burn::module::Param::from_tensor(gamma),
+            bias: burn::module::Param::from_tensor(beta),
+            ..ref_bn
+        };
+        let run = |bn: &BatchNorm, y: Tensor<4>| {
+            let grads = (y.clone() * r.clone()).sum().backward();
+            vec![
+                host(&y),
+                grad(&x, &grads),
+                grad(&bn.weight.val(), &grads),
+                grad(&bn.bias.val(), &grads),
+                host(&bn.running_mean.value()),
+                host(&bn.running_var.value()),
+            ]
+        };
+        let y_ours = if relu {
+            ours_bn.forward_relu(x.clone(), true)
+        } else {
+            ours_bn.forward(x.clone(), true)
+        };
+        let mut y_ref = ref_bn.forward_burn(x.clone(), true);
+        if relu {
+            y_ref = burn::tensor::activation::relu(y_ref);
+        }
+        let ours = run(&ours_bn, y_ours);
+        let reference = run(&ref_bn, y_ref);
+        for (j, (o, r)) in ours.iter().zip(&reference).enumerate() {
+            let e = rel_err(o, r);
+            assert!(
+                e <= 1e-5,
+                "case {i}, tensor {j} (y, dx, dγ, dβ, running mean, running var): rel err {e:.2e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn batch_norm_1d_over_tokens_matches_burn() {
+    let mut init = Init::new(70, &device());
+    let bn = BatchNorm::new(5, &mut init);
+    let x = random(&mut init, [3, 5, 10]).require_grad();
+    let r = random(&mut init, [3, 5, 10]);
+    let ours = bn.forward_relu(x.clone(), true);
+    let reference = burn::tensor::activation::relu(bn.forward_burn(x.clone(), true));
+    let g_ours = grad(&x, &(ours.clone() * r.clone()).sum().backward());
+    let g_ref = grad(&x, &(reference.clone() * r).sum().backward());
+    assert!(rel_err(&host(&ours), &host(&reference)) <= 1e-5);
+    assert!(rel_err(&g_ours, &g_ref) <= 1e-5);
+}
+
+#[test]
+fn maxpool_matches_burn_forward_and_gradient() {
+    use burn::tensor::module::max_pool2d;
+    use burn::tensor::ops::MaxPoolOptions;
+    let mut init = Init::new(90, &device());
+    for dims in [[2, 3, 8, 10], [1, 2, 7, 9]] {
+        let x = random(&mut init, dims).require_grad();
+        let r = random(&mut init, [dims[0], dims[1], dims[2] / 2, dims[3] / 2]);
+        let run = |y: Tensor<4>| {
+            let grads = (y.clone() * r.clone()).sum().backward();
+            (host(&y), grad(&x, &grads))
+        };
+        let (y, g) = run(maxpool2(x.clone()));
+        let (y_ref, g_ref) = run(max_pool2d(x.clone(), MaxPoolOptions::new([2, 2])));
+        assert_eq!(y, y_ref, "{dims:?}: pooled values");
+        assert_eq!(g, g_ref, "{dims:?}: gradient");
+    }
+}
+
+#[test]
+fn folded_inference_block_matches_conv_then_batch_norm() {
+    let mut init = Init::new(80, &Device::flex());
+    let mut block = ConvBatchNorm::new(4, 6, &mut init);
+    // Non-trivial running statistics, as after training.
+    block.norm.running_mean = burn::module::RunningState::new(random(&mut init, [6]));
+    block.norm.running_var =
+        burn::module::RunningState::new(random(&mut init, [6]).abs().add_scalar(0.2));
+    let x = random(&mut init, [2, 4, 9, 9]);
+    let ours = block.forward(x.clone(), false);
+    let reference =
+        burn::tensor::activation::relu(block.norm.forward_burn(block.conv.forward_burn(x), false));
+    let e = rel_err(&host(&ours), &host(&reference));
+    assert!(e <= 1e-5, "folded conv+BN+ReLU: rel err {e:.2e}");
+    assert!(enabled(&Device::flex()));
+}
