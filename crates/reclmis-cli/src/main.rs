@@ -287,11 +287,14 @@ fn predict_single(args: &PredictArgs, image: &Path, text: &str) -> Result<()> {
     let img = read_bgr(image).map_err(Error::from)?;
     create_dir(&args.out)?;
     let loaded = load_checkpoint(&args.checkpoint)?;
-    let s = loaded.cfg.image_size;
+    let s = loaded.model.cfg.image_size;
     let img = img.resized(s, s);
-    let pred = predict::predict_image(&loaded.model, &loaded.cfg, &img, text);
+    let pred = predict::predict_image(&loaded.model, &img, text);
     predict::write_prediction(&args.out, &pred, &img)?;
-    warn_truncated(&loaded.cfg, std::slice::from_ref(&pred.truncated_words));
+    warn_truncated(
+        &loaded.model.cfg,
+        std::slice::from_ref(&pred.truncated_words),
+    );
     if let Some(r) = &pred.reading {
         report_reading(r, &pred.model_text);
     }
@@ -388,7 +391,6 @@ fn predict_many(args: &PredictArgs, images: &Path, notes: &Path) -> Result<()> {
     );
     let results = predict::predict_folder(
         &loaded.model,
-        &loaded.cfg,
         images,
         notes,
         &args.out,
@@ -405,7 +407,7 @@ fn predict_many(args: &PredictArgs, images: &Path, notes: &Path) -> Result<()> {
     )?;
     bar.finish_and_clear();
     let cut: Vec<Vec<String>> = results.iter().map(|r| r.truncated_words.clone()).collect();
-    warn_truncated(&loaded.cfg, &cut);
+    warn_truncated(&loaded.model.cfg, &cut);
     let readings: Vec<_> = results.iter().filter_map(|r| r.reading.as_ref()).collect();
     if !readings.is_empty() {
         use reclmis::finding::ParseStatus;
@@ -435,7 +437,7 @@ fn run_import(args: ImportArgs) -> Result<()> {
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_dir(dir)?;
     }
-    ours::save(&args.out, &model, &cfg, &state, SaveOptions::default()).map_err(Error::from)?;
+    ours::save(&args.out, &model, &state, SaveOptions::default()).map_err(Error::from)?;
     let ins = reclmis::inspect::table(
         &cfg,
         &reclmis::model::weights::named_shapes(&model),

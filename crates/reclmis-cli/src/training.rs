@@ -497,11 +497,12 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
     .map_err(Error::from)?;
     let mut loaded = ours::load(&ckpt, &Device::flex()).map_err(Error::from)?;
     if let Some(how) = args.notes_as {
-        loaded.cfg.notes.canonical = matches!(how, NotesAs::Canonical);
+        loaded.model.cfg.notes.canonical = matches!(how, NotesAs::Canonical);
     }
-    let data = Dataset::from_items(&scanned.items, loaded.cfg.image_size).map_err(Error::from)?;
+    let data =
+        Dataset::from_items(&scanned.items, loaded.model.cfg.image_size).map_err(Error::from)?;
     warn_size_mismatches(&data, split);
-    let s = evaluate(&loaded.model, &loaded.cfg, &data, args.text, args.seed, 8);
+    let s = evaluate(&loaded.model, &data, args.text, args.seed, 8);
     let csv_path = args.csv.clone().unwrap_or_else(|| {
         ckpt.parent().unwrap_or(Path::new(".")).join(format!(
             "eval-{}-{}.csv",
@@ -527,7 +528,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
                 "dice_pooled": s.dice_pooled, "iou_pooled": s.iou_pooled, "protocols": PROTOCOLS,
                 "n": s.n, "text": s.text.to_string(), "notes": notes,
                 "split": split.name(), "checkpoint": ckpt.display().to_string(),
-                "text_encoder": if loaded.cfg.text_free { "none (text-free baseline)" } else { loaded.cfg.text_encoder.kind() },
+                "text_encoder": if loaded.model.cfg.text_free { "none (text-free baseline)" } else { loaded.model.cfg.text_encoder.kind() },
                 "csv": csv_path.display().to_string(),
                 "notes_read": s.notes,
             })
@@ -545,7 +546,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
             s.iou_pooled,
             csv_path.display()
         );
-        if !loaded.cfg.text_free {
+        if !loaded.model.cfg.text_free {
             println!("{}", s.notes.summary());
         }
     }

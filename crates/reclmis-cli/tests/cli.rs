@@ -540,7 +540,6 @@ fn tiny_data_and_run(tmp: &TempDir) -> (PathBuf, PathBuf, Vec<String>) {
     ours::save(
         &run.join("best.safetensors"),
         &model,
-        &cfg,
         &TrainState::default(),
         SaveOptions::default(),
     )

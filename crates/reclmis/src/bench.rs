@@ -106,10 +106,9 @@ pub fn run(bc: &BenchConfig, on_progress: &mut dyn FnMut(&str)) -> BenchResult {
         on_progress(&format!("train step {i}/{}", bc.steps));
         let (images, masks, tokens) = inputs(&cfg, bc.batch_size, &device, &mut rng);
         let t0 = Instant::now();
-        let tfc = model.encode_text(&cfg, &tokens, true);
+        let tfc = model.encode_text(&tokens, true);
         let (_, losses) = step::forward(
             &model,
-            &cfg,
             images,
             tfc,
             &tokens,
@@ -133,8 +132,8 @@ pub fn run(bc: &BenchConfig, on_progress: &mut dyn FnMut(&str)) -> BenchResult {
             on_progress(&format!("inference batch {b}, {i}/{}", bc.infer_reps));
             let (images, _, tokens) = inputs(&cfg, b, &eval_device, &mut rng);
             let t0 = Instant::now();
-            let tfc = eval.encode_text(&cfg, &tokens, false);
-            let out = eval.forward(&cfg, images, tfc, &tokens, Branches::Segment, false);
+            let tfc = eval.encode_text(&tokens, false);
+            let out = eval.forward(images, tfc, &tokens, Branches::Segment, false);
             let _ = to_vec(&out.probs);
             if i > 0 {
                 t.push(t0.elapsed().as_secs_f64());

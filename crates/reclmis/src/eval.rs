@@ -195,7 +195,6 @@ pub fn notes_for(data: &Dataset, mode: TextMode, seed: u64) -> Vec<String> {
 /// Probabilities `[S·S]` per image, in data order, for the given notes (batched, eval mode).
 pub fn predict_probs(
     model: &RecLMIS,
-    cfg: &ModelConfig,
     data: &Dataset,
     notes: &[String],
     batch_size: usize,
@@ -218,9 +217,9 @@ pub fn predict_probs(
                 ..s.clone()
             })
             .collect();
-        let b = make_batch(&with_notes, data.size, cfg, &device);
-        let tfc = cache.encode(&eval, cfg, &b.tokens, false);
-        let o = eval.forward(cfg, b.images, tfc, &b.tokens, Branches::Segment, false);
+        let b = make_batch(&with_notes, data.size, eval.cfg(), &device);
+        let tfc = cache.encode(&eval, &b.tokens, false);
+        let o = eval.forward(b.images, tfc, &b.tokens, Branches::Segment, false);
         out.extend(to_vec(&o.probs).chunks(px).map(<[f32]>::to_vec));
     }
     out
@@ -229,16 +228,15 @@ pub fn predict_probs(
 /// Scores every image with the test protocol (threshold > 0.5, §5).
 pub fn evaluate(
     model: &RecLMIS,
-    cfg: &ModelConfig,
     data: &Dataset,
     mode: TextMode,
     seed: u64,
     batch_size: usize,
 ) -> EvalSummary {
     let notes = notes_for(data, mode, seed);
-    let probs = predict_probs(model, cfg, data, &notes, batch_size);
+    let probs = predict_probs(model, data, &notes, batch_size);
     let keys: Vec<&str> = data.samples.iter().map(|s| s.key.as_str()).collect();
-    let report = NotesReport::of(cfg, &keys, &notes);
+    let report = NotesReport::of(model.cfg(), &keys, &notes);
     EvalSummary {
         notes: report,
         ..score(data, &probs, notes, mode)

@@ -13,7 +13,7 @@ use crate::data::image::hwc_to_chw_unit;
 use crate::data::image::read_bgr;
 use crate::data::{DataError, ImageU8, Notes};
 use crate::finding::{Reading, parse};
-use crate::model::{Branches, ModelConfig, RecLMIS, TokenBatch, to_vec};
+use crate::model::{Branches, RecLMIS, TokenBatch, to_vec};
 use crate::report;
 use crate::tokenizer::{EOT, SOT, Tokenizer, pad_note};
 
@@ -89,23 +89,14 @@ pub struct WoiReport<'a> {
 
 /// Predicts one image file with its note: the image is read and resized as the authors' loader
 /// does (§4.4), the note padded (§1.4) and tokenized to the config's context.
-pub fn predict_one(
-    model: &RecLMIS,
-    cfg: &ModelConfig,
-    image: &Path,
-    note: &str,
-) -> Result<Prediction, Error> {
+pub fn predict_one(model: &RecLMIS, image: &Path, note: &str) -> Result<Prediction, Error> {
     let img = read_bgr(image)?;
-    Ok(predict_image(model, cfg, &img, note))
+    Ok(predict_image(model, &img, note))
 }
 
 /// Predicts an image already decoded (B, G, R; any size, resized to the model's).
-pub fn predict_image(
-    model: &RecLMIS,
-    cfg: &ModelConfig,
-    image: &ImageU8,
-    note: &str,
-) -> Prediction {
+pub fn predict_image(model: &RecLMIS, image: &ImageU8, note: &str) -> Prediction {
+    let cfg = model.cfg();
     let s = cfg.image_size;
     let g = cfg.grid();
     let tok = Tokenizer::clip();
@@ -129,8 +120,8 @@ pub fn predict_image(
     };
     let images = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, s, s]), &device);
     let batch = TokenBatch::new(std::slice::from_ref(&tokens.ids));
-    let text = model.encode_text(cfg, &batch, false);
-    let out = model.forward(cfg, images, text, &batch, Branches::Explain, false);
+    let text = model.encode_text(&batch, false);
+    let out = model.forward(images, text, &batch, Branches::Explain, false);
 
     let prob = to_vec(&out.probs); // [1, 1, S, S]
     let mask = prob.iter().map(|&p| u8::from(p > THRESHOLD)).collect();
@@ -335,7 +326,6 @@ pub fn plan_folder(
 /// run with nothing written. `on_item` is called after each image (for progress).
 pub fn predict_folder(
     model: &RecLMIS,
-    cfg: &ModelConfig,
     images_dir: &Path,
     notes_file: &Path,
     out_dir: &Path,
@@ -349,8 +339,9 @@ pub fn predict_folder(
     let model = model.valid();
     let mut results = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let img = read_bgr(&item.image)?.resized(cfg.image_size, cfg.image_size);
-        let pred = predict_image(&model, cfg, &img, &item.note);
+        let s = model.cfg().image_size;
+        let img = read_bgr(&item.image)?.resized(s, s);
+        let pred = predict_image(&model, &img, &item.note);
         write_prediction(&item.out_dir, &pred, &img)?;
         on_item(i, &item, &pred);
         results.push(FolderResult {
@@ -499,7 +490,7 @@ mod tests {
         use safetensors::SafeTensors;
         let dir = shared().join("reference/official-parity/qata");
         let device = burn::tensor::Device::flex();
-        let (model, cfg, _) =
+        let (model, _, _) =
             import_authors_checkpoint(&dir.join("best_model-RecLMIS.pth.tar"), &device).unwrap();
         let manifest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
@@ -508,7 +499,7 @@ mod tests {
             .join("inputs/img")
             .join(first["image"].as_str().unwrap());
         let note = first["note"].as_str().unwrap();
-        let pred = predict_one(&model, &cfg, &image, note).unwrap();
+        let pred = predict_one(&model, &image, note).unwrap();
 
         let io = std::fs::read(dir.join("io.safetensors")).unwrap();
         let st = SafeTensors::deserialize(&io).unwrap();

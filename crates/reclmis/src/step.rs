@@ -69,20 +69,15 @@ pub struct TextCache {
 impl TextCache {
     /// `text_feat_clip` for a batch: from the cache when the tower is frozen, else a fresh
     /// (differentiable) forward.
-    pub fn encode(
-        &mut self,
-        model: &RecLMIS,
-        cfg: &ModelConfig,
-        tokens: &TokenBatch,
-        train: bool,
-    ) -> Tensor<3> {
+    pub fn encode(&mut self, model: &RecLMIS, tokens: &TokenBatch, train: bool) -> Tensor<3> {
+        let cfg = model.cfg();
         let device = model.device();
         let (l, d) = (tokens.len, cfg.d_model());
         if cfg.text_free {
             return Tensor::zeros([tokens.batch, l, d], &device);
         }
         if !cfg.text_encoder.is_frozen() {
-            return model.encode_text(cfg, tokens, train);
+            return model.encode_text(tokens, train);
         }
         let missing: Vec<Vec<i64>> = tokens
             .ids
@@ -91,7 +86,7 @@ impl TextCache {
             .map(<[i64]>::to_vec)
             .collect();
         if !missing.is_empty() {
-            let fresh = model.encode_text(cfg, &TokenBatch::new(&missing), false);
+            let fresh = model.encode_text(&TokenBatch::new(&missing), false);
             let v = to_vec(&fresh);
             for (r, row) in missing.into_iter().zip(v.chunks(l * d)) {
                 self.rows.insert(r, row.to_vec());
@@ -109,15 +104,14 @@ impl TextCache {
 /// against `masks`.
 pub fn forward(
     model: &RecLMIS,
-    cfg: &ModelConfig,
     images: Tensor<4>,
     text_features: Tensor<3>,
     tokens: &TokenBatch,
     masks: Tensor<3>,
     branches: Branches,
 ) -> (Outputs, Losses) {
-    let out = model.forward(cfg, images, text_features, tokens, branches, true);
-    let losses = model.losses(cfg, &out, masks);
+    let out = model.forward(images, text_features, tokens, branches, true);
+    let losses = model.losses(&out, masks);
     (out, losses)
 }
 

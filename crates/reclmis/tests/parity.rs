@@ -208,7 +208,7 @@ fn parity(preset: &str, cfg: ModelConfig) {
 
     // Eval mode: BatchNorm on running statistics, no dropout.
     let eval_model = burn::module::Module::valid(&model);
-    let tfc = eval_model.encode_text(&cfg, &tokens, false);
+    let tfc = eval_model.encode_text(&tokens, false);
     let text_cls: Vec<f32> = {
         let h = to_vec(&tfc);
         let (b, l, d) = (tokens.batch, tokens.len, cfg.d_model());
@@ -221,22 +221,23 @@ fn parity(preset: &str, cfg: ModelConfig) {
             .collect()
     };
     c.check("text_cls", &text_cls, 1e-5);
-    let out = eval_model.forward(&cfg, images(), tfc, &tokens, masks(), false);
+    let out = eval_model.forward(images(), tfc, &tokens, masks(), false);
     check_outputs(&mut c, &out, "", true);
-    let crit = eval_model.losses(&cfg, &out, label.clone());
+    let crit = eval_model.losses(&out, label.clone());
     c.check("loss_criterion", &to_vec(&crit.criterion), 1e-4);
     c.check("loss_total", &to_vec(&crit.total), 1e-4);
 
     // Training mode (batch statistics), dropout 0, the same masks; then gradients.
-    let train_cfg = ModelConfig {
+    let mut model = model;
+    model.cfg = ModelConfig {
         dropout: 0.0,
         head_dropout: 0.0,
         ..cfg.clone()
     };
-    let tfc = model.encode_text(&train_cfg, &tokens, true);
-    let out = model.forward(&train_cfg, images(), tfc, &tokens, masks(), true);
+    let tfc = model.encode_text(&tokens, true);
+    let out = model.forward(images(), tfc, &tokens, masks(), true);
     check_outputs(&mut c, &out, "train/", false);
-    let losses = model.losses(&train_cfg, &out, label);
+    let losses = model.losses(&out, label);
     c.check("train/loss_criterion", &to_vec(&losses.criterion), 1e-4);
     c.check("train/loss_total", &to_vec(&losses.total), 1e-4);
 

@@ -68,9 +68,9 @@ fn step(clip: bool) {
     }
     let before = named_tensors(&model);
     let (images, tokens, target) = batch(&cfg, &device);
-    let tfc = model.encode_text(&cfg, &tokens, true);
-    let out = model.forward(&cfg, images, tfc, &tokens, Branches::Aux { seed: 1 }, true);
-    let losses = model.losses(&cfg, &out, target);
+    let tfc = model.encode_text(&tokens, true);
+    let out = model.forward(images, tfc, &tokens, Branches::Aux { seed: 1 }, true);
+    let losses = model.losses(&out, target);
     for (name, l) in [
         ("criterion", Some(&losses.criterion)),
         ("ccl", losses.ccl.as_ref()),
@@ -149,20 +149,13 @@ fn text_free_baseline_ignores_the_note_and_trains() {
     other.ids.reverse();
     let run = |t: &TokenBatch| {
         let mut cache = reclmis::step::TextCache::default();
-        let tfc = cache.encode(&model, &cfg, t, true);
-        model.forward(
-            &cfg,
-            images.clone(),
-            tfc,
-            t,
-            Branches::Aux { seed: 1 },
-            true,
-        )
+        let tfc = cache.encode(&model, t, true);
+        model.forward(images.clone(), tfc, t, Branches::Aux { seed: 1 }, true)
     };
     let (a, b) = (run(&tokens), run(&other));
     assert_eq!(to_vec(&a.probs), to_vec(&b.probs));
     assert!(a.aux.is_none() && a.explain.is_none());
-    let losses = model.losses(&cfg, &a, target);
+    let losses = model.losses(&a, target);
     assert!(losses.ccl.is_none() && losses.text_rec.is_none());
     let grads = losses.total.backward();
     let with_grad: Vec<String> = named_grads(&model, &grads)

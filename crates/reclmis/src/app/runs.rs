@@ -27,7 +27,7 @@ pub fn initial_model(
     };
     let model = if ours::read_header(clip).is_ok() {
         let loaded = ours::load(clip, device)?;
-        cfg.model.text_encoder = loaded.cfg.text_encoder.clone();
+        cfg.model.text_encoder = loaded.model.cfg.text_encoder.clone();
         let mut model = RecLMIS::new(&cfg.model, cfg.seed, device);
         model.clip = loaded.model.clip;
         model

@@ -236,11 +236,11 @@ fn write_tensors(
 pub fn save(
     path: &Path,
     model: &RecLMIS,
-    cfg: &ModelConfig,
     state: &TrainState,
     opts: SaveOptions,
 ) -> Result<(), CheckpointError> {
     let mut tensors = named_tensors(model);
+    let cfg = model.cfg();
     let mut meta = HashMap::new();
     meta.insert("format".into(), FORMAT.into());
     meta.insert("format_version".into(), FORMAT_VERSION.to_string());
@@ -398,8 +398,8 @@ fn parse_metadata(
 
 /// A loaded model with its config and training state.
 pub struct Loaded {
+    /// The model, its config inside ([`RecLMIS::cfg`]).
     pub model: RecLMIS,
-    pub cfg: ModelConfig,
     pub state: TrainState,
     /// The file left out the training-only tensors; the model holds fresh ones in their place.
     pub inference_only: bool,
@@ -442,7 +442,6 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded, CheckpointError> {
     }
     Ok(Loaded {
         model,
-        cfg,
         state,
         inference_only,
     })
@@ -495,7 +494,6 @@ pub fn export(
     save(
         out,
         &loaded.model,
-        &loaded.cfg,
         &loaded.state,
         SaveOptions {
             text_tower_file: None,
@@ -506,7 +504,7 @@ pub fn export(
     let bytes = std::fs::metadata(out).map_or(0, |m| m.len());
     Ok(Exported {
         source,
-        cfg: loaded.cfg,
+        cfg: loaded.model.cfg.clone(),
         tensors: keys.len() - left_out,
         left_out,
         inference_only,

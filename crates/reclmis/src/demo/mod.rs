@@ -220,7 +220,7 @@ pub fn run(
         }
         None => Some(trainer.state.epoch),
     };
-    let ev = |mode| evaluate(&trainer.model, &tc.model, &test, mode, cfg.seed, 32);
+    let ev = |mode| evaluate(&trainer.model, &test, mode, cfg.seed, 32);
     let evals = [
         ev(TextMode::Given),
         ev(TextMode::Shuffled),

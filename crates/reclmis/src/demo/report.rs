@@ -75,15 +75,14 @@ pub fn write_report(
     write_curves(&curves, &outcome.report.history)?;
 
     let model = &outcome.trainer.model;
-    let mcfg = &outcome.trainer.cfg.model;
     let test = &outcome.test;
     let shuffled = notes_for(test, TextMode::Shuffled, cfg.seed);
     let mut examples = Vec::new();
     let mut rows = Vec::new();
     for (sample, shuffled_note) in test.samples.iter().zip(&shuffled).take(cfg.n_examples) {
         let img = ImageU8::from_planes(&sample.image, test.size, test.size, 3);
-        let own = predict_image(model, mcfg, &img, &sample.note);
-        let other = predict_image(model, mcfg, &img, shuffled_note);
+        let own = predict_image(model, &img, &sample.note);
+        let other = predict_image(model, &img, shuffled_note);
         let pictures = example_pictures(&img, &sample.mask, &own, &other);
         let side = pictures.side;
         let mut files = Vec::with_capacity(PICTURES.len());

@@ -50,6 +50,10 @@ pub struct RecLMIS {
     pub mlp_visual: Mlp2,
     pub rec_text_trans1: DualTransformer,
     pub rec_img_trans1: DualTransformer,
+    /// The config the model was built from: every pass reads its sizes, parity setting, text
+    /// tower kind and loss weights here, so callers never pass a config beside the model.
+    #[module(skip)]
+    pub cfg: ModelConfig,
 }
 
 /// What a forward pass runs beyond the segmentation path.
@@ -136,7 +140,13 @@ impl RecLMIS {
             mlp_visual: Mlp2::new(d, d, 1, init),
             rec_text_trans1: DualTransformer::new(d, cfg.rec_heads, cfg.rec_layers, init),
             rec_img_trans1: DualTransformer::new(d, cfg.rec_heads, cfg.rec_layers, init),
+            cfg: cfg.clone(),
         }
+    }
+
+    /// The config the model was built from.
+    pub fn cfg(&self) -> &ModelConfig {
+        &self.cfg
     }
 
     pub fn device(&self) -> Device {
@@ -145,7 +155,8 @@ impl RecLMIS {
 
     /// The text tower's output for a batch of notes (`text_feat_clip [B, L, D]`). With a frozen
     /// tower this is a pure function of the tokens, so callers may cache it.
-    pub fn encode_text(&self, cfg: &ModelConfig, tokens: &TokenBatch, train: bool) -> Tensor<3> {
+    pub fn encode_text(&self, tokens: &TokenBatch, train: bool) -> Tensor<3> {
+        let cfg = &self.cfg;
         let out = self
             .clip
             .forward(tokens, train && !cfg.text_encoder.is_frozen());
@@ -160,13 +171,13 @@ impl RecLMIS {
     /// [`encode_text`](Self::encode_text), `tokens` for the text mask.
     pub fn forward(
         &self,
-        cfg: &ModelConfig,
         images: Tensor<4>,
         text_feat_clip: Tensor<3>,
         tokens: &TokenBatch,
         branches: Branches,
         train: bool,
     ) -> Outputs {
+        let cfg = &self.cfg;
         let device = images.device();
         let [bsz, _, _, _] = images.dims();
         let l = tokens.len;
@@ -185,13 +196,7 @@ impl RecLMIS {
         let f4 = self.down4.forward(f3.clone(), train); // [B, 8b, g, g]
 
         if cfg.text_free {
-            return self.forward_text_free(
-                cfg,
-                [x1, f1, f2, f3, f4],
-                text_feat_clip,
-                text_feat,
-                train,
-            );
+            return self.forward_text_free([x1, f1, f2, f3, f4], text_feat_clip, text_feat, train);
         }
         let with_text = !matches!(branches, Branches::Segment);
         let (v1, t2) = self.interact.forward(
@@ -243,7 +248,6 @@ impl RecLMIS {
             };
             if let Some((mask_img, mask_text)) = masks {
                 aux = Some(self.aux_branch(
-                    cfg,
                     AuxInputs {
                         img_tokens: f4.clone().flatten::<3>(2, 3).swap_dims(1, 2), // [B, N, 8b]
                         text_feat: text_feat.clone(),
@@ -299,7 +303,6 @@ impl RecLMIS {
     /// The text-free baseline: `img_feat4` is the bottleneck the decoder sees.
     fn forward_text_free(
         &self,
-        _cfg: &ModelConfig,
         enc: [Tensor<4>; 5],
         text_feat_clip: Tensor<3>,
         text_feat: Tensor<3>,
@@ -323,7 +326,6 @@ impl RecLMIS {
 
     fn aux_branch(
         &self,
-        cfg: &ModelConfig,
         x: AuxInputs,
         mask_img: TokenMask,
         mask_text: TokenMask,
@@ -332,6 +334,7 @@ impl RecLMIS {
         let device = x.poi.device();
         let [b, n, _] = x.img_tokens.dims();
         let l = x.text_feat.dims()[1];
+        let cfg = &self.cfg;
         let paper = cfg.parity == Parity::Paper;
         let keep = |m: &TokenMask, len: usize| {
             let v: Vec<f32> = m.flat_f32().iter().map(|x| 1.0 - x).collect();
@@ -393,8 +396,8 @@ impl RecLMIS {
     }
 
     /// `L = 5·L_crit + 0.2·L_ccl + L_text_rec + L_img_rec` (§3); `target [B, S, S]` in {0, 1}.
-    pub fn losses(&self, cfg: &ModelConfig, out: &Outputs, target: Tensor<3>) -> Losses {
-        let w = &cfg.loss_weights;
+    pub fn losses(&self, out: &Outputs, target: Tensor<3>) -> Losses {
+        let w = &self.cfg.loss_weights;
         let criterion = losses::criterion(out.probs.clone(), target);
         let mut total = criterion.clone().mul_scalar(w.criterion);
         let (mut ccl, mut text_rec, mut img_rec) = (None, None, None);

@@ -17,7 +17,7 @@ use crate::data::metrics;
 use crate::data::paraphrase::paraphrase_note;
 use crate::data::side_focus::{self, focus_side};
 use crate::files::write_atomic;
-use crate::model::{Branches, ModelConfig, RecLMIS, to_vec};
+use crate::model::{Branches, RecLMIS, to_vec};
 use crate::rng::{SplitMix64, mix};
 use crate::step::{self, TextCache, make_batch};
 
@@ -128,7 +128,6 @@ const TEXT_TOWER_FILE: &str = "text_tower.safetensors";
 /// Validation pass: mean criterion loss and the authors' hard validation Dice (§2 step 4).
 pub fn validate(
     model: &RecLMIS,
-    cfg: &ModelConfig,
     data: &Dataset,
     batch_size: usize,
     cache: &mut TextCache,
@@ -137,9 +136,9 @@ pub fn validate(
     let device = eval.device();
     let (mut loss, mut dice, mut n) = (0.0, 0.0, 0usize);
     for chunk in data.samples.chunks(batch_size.max(1)) {
-        let b = make_batch(chunk, data.size, cfg, &device);
-        let tfc = cache.encode(&eval, cfg, &b.tokens, false);
-        let out = eval.forward(cfg, b.images, tfc, &b.tokens, Branches::Segment, false);
+        let b = make_batch(chunk, data.size, eval.cfg(), &device);
+        let tfc = cache.encode(&eval, &b.tokens, false);
+        let out = eval.forward(b.images, tfc, &b.tokens, Branches::Segment, false);
         let l = crate::model::losses::criterion(out.probs.clone(), b.masks);
         let probs = to_vec(&out.probs);
         let px = data.size * data.size;
@@ -226,7 +225,7 @@ impl Trainer {
         device: &Device,
     ) -> Result<Self, TrainError> {
         let loaded = ours::load(&p.last(), device)?;
-        if loaded.cfg != cfg.model {
+        if loaded.model.cfg != cfg.model {
             return Err(TrainError::Resume(format!(
                 "the model config of {} differs from this run's",
                 p.last().display()
@@ -359,21 +358,14 @@ impl Trainer {
                 .collect();
             self.device.seed(step_seed);
             let b = make_batch(&samples, size, &cfg.model, &self.device);
-            let tfc = self.cache.encode(&self.model, &cfg.model, &b.tokens, true);
+            let tfc = self.cache.encode(&self.model, &b.tokens, true);
             let branches = if e >= cfg.aux_from_epoch {
                 Branches::Aux { seed: step_seed }
             } else {
                 Branches::Segment
             };
-            let (out, losses) = step::forward(
-                &self.model,
-                &cfg.model,
-                b.images,
-                tfc,
-                &b.tokens,
-                b.masks,
-                branches,
-            );
+            let (out, losses) =
+                step::forward(&self.model, b.images, tfc, &b.tokens, b.masks, branches);
             let total = to_vec(&losses.total)[0] as f64;
             if !total.is_finite() {
                 return Err(TrainError::NonFinite {
@@ -416,13 +408,7 @@ impl Trainer {
         let (val_loss, val_dice) = if val.is_empty() {
             (f64::NAN, sums[5] / seen as f64)
         } else {
-            validate(
-                &self.model,
-                &cfg.model,
-                val,
-                cfg.batch_size,
-                &mut self.cache,
-            )
+            validate(&self.model, val, cfg.batch_size, &mut self.cache)
         };
         self.state.epoch = e + 1;
         // paper-parity: §2 step 5 — strictly better than the best so far (which starts at 0).
@@ -459,7 +445,7 @@ impl Trainer {
             ..SaveOptions::default()
         };
         if best {
-            ours::save(&p.best(), &self.model, &self.cfg.model, &self.state, opts())?;
+            ours::save(&p.best(), &self.model, &self.state, opts())?;
         }
         // Optimizer state first: `last` is what `--resume` trusts, so it is written last.
         let bytes = self
@@ -479,7 +465,7 @@ impl Trainer {
             path: p.metrics(),
             source,
         })?;
-        ours::save(&p.last(), &self.model, &self.cfg.model, &self.state, opts())?;
+        ours::save(&p.last(), &self.model, &self.state, opts())?;
         Ok(())
     }
 }

@@ -52,7 +52,6 @@ fn a_flipped_weight_bit_is_refused_on_load() {
     save(
         &path,
         &model,
-        &cfg,
         &TrainState::default(),
         SaveOptions::default(),
     )
@@ -109,7 +108,6 @@ fn fp16_and_inference_only_exports_predict_like_the_original() {
     save(
         &run.join("best.safetensors"),
         &model,
-        &cfg,
         &TrainState::default(),
         opts,
     )
@@ -187,23 +185,20 @@ fn fp16_and_inference_only_exports_predict_like_the_original() {
         0..6,
     );
     let notes = notes_for(&data, TextMode::Given, 0);
-    let reference = predict_probs(&model, &cfg, &data, &notes, 4);
+    let reference = predict_probs(&model, &data, &notes, 4);
     let from_full = load(&full, &device).expect("loads");
-    assert_eq!(
-        predict_probs(&from_full.model, &cfg, &data, &notes, 4),
-        reference
-    );
+    assert_eq!(predict_probs(&from_full.model, &data, &notes, 4), reference);
     let lean_loaded = load(&lean, &device).expect("loads");
     assert!(lean_loaded.inference_only);
     for m in [&loaded, &lean_loaded] {
-        let probs = predict_probs(&m.model, &m.cfg, &data, &notes, 4);
+        let probs = predict_probs(&m.model, &data, &notes, 4);
         let err = max_abs_diff(&probs, &reference);
         assert!(err < 1e-2, "float16 moves a probability by {err}");
     }
     // The inference-only model evaluates exactly as the full float16 one: what it lacks is
     // off the segmentation path.
-    let a = evaluate(&loaded.model, &cfg, &data, TextMode::Given, 0, 4);
-    let b = evaluate(&lean_loaded.model, &cfg, &data, TextMode::Given, 0, 4);
+    let a = evaluate(&loaded.model, &data, TextMode::Given, 0, 4);
+    let b = evaluate(&lean_loaded.model, &data, TextMode::Given, 0, 4);
     assert_eq!((a.n, a.dice, a.dice_pooled), (b.n, b.dice, b.dice_pooled));
     std::fs::remove_dir_all(&out).ok();
 }
@@ -218,7 +213,6 @@ fn only_inference_only_files_may_lack_training_tensors() {
     save(
         &full,
         &model,
-        &cfg,
         &TrainState::default(),
         SaveOptions::default(),
     )
