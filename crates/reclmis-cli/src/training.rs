@@ -3,17 +3,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use reclmis::checkpoint::ours;
 use reclmis::data::dataset::{Augment, Dataset};
-use reclmis::data::layout::{LayoutOptions, Split, scan_split, scan_split_with_notes};
+use reclmis::data::layout::Split;
 use reclmis::data::synth::{SynthConfig, write_lvit};
 use reclmis::demo::DemoConfig;
-use reclmis::eval::{PROTOCOLS, TextMode, evaluate};
+use reclmis::eval::{PROTOCOLS, TextMode};
 use reclmis::model::Preset;
-use reclmis::train::{EpochMetrics, Event, TrainConfig, Trainer};
+use reclmis::train::{EpochMetrics, Event, TrainConfig};
 use reclmis::{Error, app};
 
 #[derive(Args)]
@@ -383,7 +381,8 @@ fn train_config(args: &TrainArgs) -> Result<TrainConfig, Error> {
         max_val: args.max_val,
         time_budget_min: args.time_budget_min,
     };
-    app::train_config(args.preset, args.clip.is_some(), args.config.as_deref(), &o)
+    let layer = args.config.as_deref().map(app::ConfigLayer::File);
+    app::train_config(args.preset, args.clip.is_some(), layer, &o)
 }
 
 fn create_dir(dir: &Path) -> Result<(), Error> {
@@ -391,18 +390,6 @@ fn create_dir(dir: &Path) -> Result<(), Error> {
         path: dir.to_path_buf(),
         source,
     })
-}
-
-fn load_split(
-    data: &Path,
-    split: Split,
-    size: usize,
-    allow_missing_notes: bool,
-    limit: Option<usize>,
-) -> Result<Dataset, Error> {
-    let d = app::load_split(data, split, size, allow_missing_notes, limit)?;
-    warn_size_mismatches(&d, split);
-    Ok(d)
 }
 
 fn warn_size_mismatches(d: &Dataset, split: Split) {
@@ -417,92 +404,81 @@ fn warn_size_mismatches(d: &Dataset, split: Split) {
 }
 
 pub fn run_train(args: TrainArgs) -> Result<()> {
-    let mut cfg = train_config(&args)?;
-    let device = Device::flex().autodiff();
-    let init = app::initial_model(args.clip.as_deref(), args.resume, &mut cfg, &device)?;
-    let size = cfg.model.image_size;
-    eprintln!("loading {} at {size}×{size}…", args.data.display());
-    let train = load_split(
-        &args.data,
-        Split::Train,
-        size,
-        args.allow_missing_notes,
-        cfg.max_train,
-    )?;
-    let val = load_split(
-        &args.data,
-        Split::Val,
-        size,
-        args.allow_missing_notes,
-        cfg.max_val,
-    )?;
-    eprintln!(
-        "{} train / {} val images ({} with an empty mask); text encoder {}; parity {:?}; \
-         augmentation {:?}; notes {}, paraphrase p {}, side focus p {}",
-        train.len(),
-        val.len(),
-        train.empty_masks + val.empty_masks,
-        cfg.model.text_encoder.kind(),
-        cfg.model.parity,
-        cfg.augment,
-        if cfg.model.notes.canonical {
-            "canonical"
-        } else {
-            "raw"
-        },
-        cfg.paraphrase,
-        cfg.side_focus
-    );
-    if cfg.side_focus > 0.0 {
-        let o = reclmis::data::side_focus::orientation(&train)
-            .map_err(|e| Error::from(reclmis::train::TrainError::SideFocus(e)))?;
-        eprintln!("side focus: {o}");
-    }
-    let mut trainer =
-        Trainer::new(cfg, init, Some(&args.out), args.resume, &device).map_err(Error::from)?;
-    let result = trainer
-        .run(&train, &val, &mut progress(false))
-        .map(|h| h.to_vec());
-    if !trainer.history.is_empty() {
-        reclmis::report::curves::write_curves(&args.out.join("curves.png"), &trainer.history)?;
-    }
-    result.map_err(Error::from)?;
+    let req = app::TrainRequest {
+        data: args.data.clone(),
+        out: args.out.clone(),
+        cfg: train_config(&args)?,
+        clip: args.clip.clone(),
+        resume: args.resume,
+        allow_missing_notes: args.allow_missing_notes,
+    };
+    let mut bars = progress(false);
+    let outcome = app::train(&req, &mut |p| match p {
+        app::TrainProgress::Loading { data, size } => {
+            eprintln!("loading {} at {size}×{size}…", data.display());
+        }
+        app::TrainProgress::Loaded { train, val, cfg } => {
+            warn_size_mismatches(train, Split::Train);
+            warn_size_mismatches(val, Split::Val);
+            eprintln!(
+                "{} train / {} val images ({} with an empty mask); text encoder {}; parity {:?}; \
+                 augmentation {:?}; notes {}, paraphrase p {}, side focus p {}",
+                train.len(),
+                val.len(),
+                train.empty_masks + val.empty_masks,
+                cfg.model.text_encoder.kind(),
+                cfg.model.parity,
+                cfg.augment,
+                if cfg.model.notes.canonical {
+                    "canonical"
+                } else {
+                    "raw"
+                },
+                cfg.paraphrase,
+                cfg.side_focus
+            );
+        }
+        app::TrainProgress::SideFocus(o) => eprintln!("side focus: {o}"),
+        app::TrainProgress::Train(e) => bars(e),
+    })?;
     println!(
         "best val Dice {:.4} at epoch {}; run folder {}",
-        trainer.state.best_val_dice.unwrap_or(0.0),
-        trainer.state.best_epoch.unwrap_or(0),
-        args.out.display()
+        outcome.best_val_dice,
+        outcome.best_epoch,
+        outcome.out.display()
     );
     Ok(())
 }
 
 pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
-    let ckpt = ours::checkpoint_file(&args.checkpoint);
     let split = match args.split {
         SplitArg::Train => Split::Train,
         SplitArg::Val => Split::Val,
         SplitArg::Test => Split::Test,
     };
-    // Images and notes are checked before the model is loaded.
-    let scanned = match &args.notes {
-        Some(file) => scan_split_with_notes(&args.data, split, file),
-        None => {
-            let opts = LayoutOptions {
-                allow_missing_notes: args.allow_missing_notes,
-                ..Default::default()
-            };
-            scan_split(&args.data, split, &opts)
-        }
+    let req = app::EvalRequest {
+        checkpoint: args.checkpoint.clone(),
+        data: args.data.clone(),
+        split,
+        text: args.text,
+        notes: args.notes.clone(),
+        notes_as: args.notes_as.map(|n| match n {
+            NotesAs::Raw => app::NotesAs::Raw,
+            NotesAs::Canonical => app::NotesAs::Canonical,
+        }),
+        seed: args.seed,
+        allow_missing_notes: args.allow_missing_notes,
+    };
+    let out = app::evaluate_split(&req)?;
+    let (s, ckpt, cfg) = (&out.summary, &out.checkpoint, &out.model.cfg);
+    if out.size_mismatches > 0 {
+        eprintln!(
+            "warning: {} {} image(s) have a mask of another size; both were resized to {s}×{s}",
+            out.size_mismatches,
+            split.name(),
+            s = cfg.image_size
+        );
     }
-    .map_err(Error::from)?;
-    let mut loaded = ours::load(&ckpt, &Device::flex()).map_err(Error::from)?;
-    if let Some(how) = args.notes_as {
-        loaded.model.cfg.notes.canonical = matches!(how, NotesAs::Canonical);
-    }
-    let data =
-        Dataset::from_items(&scanned.items, loaded.model.cfg.image_size).map_err(Error::from)?;
-    warn_size_mismatches(&data, split);
-    let s = evaluate(&loaded.model, &data, args.text, args.seed, 8);
     let csv_path = args.csv.clone().unwrap_or_else(|| {
         ckpt.parent().unwrap_or(Path::new(".")).join(format!(
             "eval-{}-{}.csv",
@@ -519,7 +495,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         path: csv_path.clone(),
         source,
     })?;
-    let notes = scanned.notes_file.display().to_string();
+    let notes = out.notes_file.display().to_string();
     if args.json {
         println!(
             "{}",
@@ -528,7 +504,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
                 "dice_pooled": s.dice_pooled, "iou_pooled": s.iou_pooled, "protocols": PROTOCOLS,
                 "n": s.n, "text": s.text.to_string(), "notes": notes,
                 "split": split.name(), "checkpoint": ckpt.display().to_string(),
-                "text_encoder": if loaded.model.cfg.text_free { "none (text-free baseline)" } else { loaded.model.cfg.text_encoder.kind() },
+                "text_encoder": if cfg.text_free { "none (text-free baseline)" } else { cfg.text_encoder.kind() },
                 "csv": csv_path.display().to_string(),
                 "notes_read": s.notes,
             })
@@ -546,7 +522,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
             s.iou_pooled,
             csv_path.display()
         );
-        if !loaded.model.cfg.text_free {
+        if !cfg.text_free {
             println!("{}", s.notes.summary());
         }
     }

@@ -36,9 +36,25 @@ where
     })?;
     let usage = |e: &dyn std::fmt::Display| Error::Usage(format!("{}: {e}", path.display()));
     let over: toml::Value = toml::from_str(&text).map_err(|e| usage(&e))?;
+    merge_over(base, over).map_err(|e| usage(&e))
+}
+
+/// `base` with `over` (a table shaped like the config) deep-merged over it.
+fn merge_over<T>(base: &T, over: toml::Value) -> Result<T, toml::de::Error>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
     let mut merged = toml::Value::try_from(base).expect("a config converts to TOML");
     merge(&mut merged, over);
-    merged.try_into().map_err(|e| usage(&e))
+    merged.try_into()
+}
+
+/// What is merged over a preset before the overrides: a TOML file, or a table given in memory
+/// (e.g. a Python dict) with the same shape.
+#[derive(Clone, Debug)]
+pub enum ConfigLayer<'a> {
+    File(&'a Path),
+    Table(serde_json::Value),
 }
 
 /// An image side the model takes: a positive multiple of 16 (four 2× poolings).
@@ -51,8 +67,10 @@ pub fn check_image_size(s: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// What a user may set on top of a preset and a config file (`None`/`false`: keep).
-#[derive(Clone, Debug, Default)]
+/// What a user may set on top of a preset and a config file (`None`/`false`: keep). The field
+/// names are the command line's flags with `_` for `-`.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainOverrides {
     pub image_size: Option<usize>,
     pub base_channels: Option<usize>,
@@ -76,15 +94,21 @@ pub struct TrainOverrides {
 pub fn train_config(
     preset: Preset,
     with_clip: bool,
-    file: Option<&Path>,
+    layer: Option<ConfigLayer>,
     o: &TrainOverrides,
 ) -> Result<TrainConfig, Error> {
     let mut cfg = TrainConfig::preset(preset);
     if !with_clip {
         cfg.model = cfg.model.clone().with_builtin_text(4);
     }
-    if let Some(path) = file {
-        cfg = merged_config(&cfg, path)?;
+    match layer {
+        Some(ConfigLayer::File(path)) => cfg = merged_config(&cfg, path)?,
+        Some(ConfigLayer::Table(table)) => {
+            let usage = |e: &dyn std::fmt::Display| Error::Usage(format!("config: {e}"));
+            let over = toml::Value::try_from(table).map_err(|e| usage(&e))?;
+            cfg = merge_over(&cfg, over).map_err(|e| usage(&e))?;
+        }
+        None => {}
     }
     let m = &mut cfg.model;
     if let Some(s) = o.image_size {
@@ -160,17 +184,27 @@ mod tests {
             lr: Some(0.002),
             ..Default::default()
         };
-        let cfg = train_config(Preset::Qata, false, Some(&file), &o).unwrap();
+        let cfg = train_config(Preset::Qata, false, Some(ConfigLayer::File(&file)), &o).unwrap();
         assert_eq!((cfg.epochs, cfg.lr, cfg.model.image_size), (7, 0.002, 64));
         // Untouched fields keep the preset's.
         assert_eq!(cfg.batch_size, TrainConfig::preset(Preset::Qata).batch_size);
         std::fs::write(&file, "epochs = \"many\"\n").unwrap();
-        let e = train_config(Preset::Qata, false, Some(&file), &o).unwrap_err();
+        let e = train_config(Preset::Qata, false, Some(ConfigLayer::File(&file)), &o).unwrap_err();
         assert!(
             matches!(e, Error::Usage(ref m) if m.contains("over.toml")),
             "{e}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_table_merges_like_a_file_and_overrides_read_from_names() {
+        let table = serde_json::json!({"epochs": 3, "model": {"base_channels": 8}});
+        let o: TrainOverrides = serde_json::from_value(serde_json::json!({"lr": 0.01})).unwrap();
+        let cfg = train_config(Preset::Qata, false, Some(ConfigLayer::Table(table)), &o).unwrap();
+        assert_eq!((cfg.epochs, cfg.model.base_channels, cfg.lr), (3, 8, 0.01));
+        let unknown = serde_json::from_value::<TrainOverrides>(serde_json::json!({"epoch": 1}));
+        assert!(unknown.unwrap_err().to_string().contains("epoch"));
     }
 
     #[test]

@@ -8,7 +8,12 @@
 pub mod config;
 pub mod import;
 pub mod runs;
+pub mod session;
 
-pub use config::{TrainOverrides, check_image_size, merged_config, train_config};
+pub use config::{ConfigLayer, TrainOverrides, check_image_size, merged_config, train_config};
 pub use import::{Imported, import};
 pub use runs::{initial_model, load_split, synth_split};
+pub use session::{
+    EvalOutcome, EvalRequest, NotesAs, TrainOutcome, TrainProgress, TrainRequest, evaluate_split,
+    load_model, train,
+};

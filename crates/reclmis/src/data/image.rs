@@ -416,6 +416,71 @@ fn bmp_bit_count(path: &Path) -> Option<u16> {
     Some(u16::from_le_bytes([header[at], header[at + 1]]))
 }
 
+/// Pixels handed over in memory (a numpy array, an upload), rows top to bottom, channels
+/// interleaved.
+#[derive(Clone, Copy, Debug)]
+pub enum Pixels<'a> {
+    U8(&'a [u8]),
+    /// Kept to the high byte, as a 16-bit PNG file is read.
+    U16(&'a [u16]),
+    /// In [0, 1]; scaled by 255 and rounded.
+    F32(&'a [f32]),
+}
+
+/// An in-memory `height × width` image of 1 (grey) or 3 (R, G, B) channels as the model's
+/// B, G, R [`ImageU8`], converted as [`read_bgr`] converts a file. An error says what is wrong
+/// with the shape or the values.
+pub fn image_from_pixels(
+    pixels: Pixels,
+    height: usize,
+    width: usize,
+    channels: usize,
+) -> Result<ImageU8, String> {
+    if !matches!(channels, 1 | 3) {
+        return Err(format!(
+            "an image has 1 (grey) or 3 (RGB) channels, not {channels}"
+        ));
+    }
+    if height == 0 || width == 0 {
+        return Err(format!("the image is empty ({height}×{width})"));
+    }
+    let n = height * width * channels;
+    let len = match pixels {
+        Pixels::U8(v) => v.len(),
+        Pixels::U16(v) => v.len(),
+        Pixels::F32(v) => v.len(),
+    };
+    if len != n {
+        return Err(format!(
+            "{len} values do not make a {height}×{width}×{channels} image"
+        ));
+    }
+    let values: Vec<u8> = match pixels {
+        Pixels::U8(v) => v.to_vec(),
+        Pixels::U16(v) => v.iter().map(|&x| grey16_to_u8(x)).collect(),
+        Pixels::F32(v) => {
+            if let Some(bad) = v.iter().find(|x| !(0.0..=1.0).contains(*x)) {
+                return Err(format!("float images hold values in [0, 1]; found {bad}"));
+            }
+            v.iter().map(|&x| (x * 255.0).round() as u8).collect()
+        }
+    };
+    let data = if channels == 1 {
+        values.iter().flat_map(|&g| [g, g, g]).collect()
+    } else {
+        values
+            .chunks_exact(3)
+            .flat_map(|p| [p[2], p[1], p[0]])
+            .collect()
+    };
+    Ok(ImageU8 {
+        width,
+        height,
+        channels: 3,
+        data,
+    })
+}
+
 /// 16-bit grey → 8 bits: OpenCV keeps the high byte (PNG via `png_set_strip_16`, TIFF alike).
 fn grey16_to_u8(v: u16) -> u8 {
     (v >> 8) as u8

@@ -333,3 +333,29 @@ fn official_loader_parity() {
         assert_eq!(first, batch.images[..3 * plane]);
     }
 }
+
+#[test]
+fn in_memory_pixels_convert_as_files_do() {
+    // One RGB pixel → B, G, R; grey replicated; 16 bits keep the high byte; floats scale.
+    let rgb = image_from_pixels(Pixels::U8(&[10, 20, 30]), 1, 1, 3).unwrap();
+    assert_eq!(rgb.data, [30, 20, 10]);
+    let grey = image_from_pixels(Pixels::U16(&[0x1234, 0xff00]), 1, 2, 1).unwrap();
+    assert_eq!(grey.data, [0x12, 0x12, 0x12, 0xff, 0xff, 0xff]);
+    let f = image_from_pixels(Pixels::F32(&[0.5]), 1, 1, 1).unwrap();
+    assert_eq!(f.data, [128, 128, 128]);
+    assert!(
+        image_from_pixels(Pixels::F32(&[1.5]), 1, 1, 1)
+            .unwrap_err()
+            .contains("[0, 1]")
+    );
+    assert!(
+        image_from_pixels(Pixels::U8(&[1, 2]), 1, 1, 3)
+            .unwrap_err()
+            .contains("1×1×3")
+    );
+    assert!(
+        image_from_pixels(Pixels::U8(&[1; 4]), 1, 1, 4)
+            .unwrap_err()
+            .contains("channels")
+    );
+}

@@ -1,0 +1,166 @@
+//! Whole commands as functions: train a run, evaluate a checkpoint, load any model file. Each
+//! reports what it is doing through a callback, so a front end decides how to show it.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+use super::runs::{initial_model, load_split};
+use crate::Error;
+use crate::checkpoint::import::import_authors_checkpoint;
+use crate::checkpoint::ours;
+use crate::checkpoint::torch::{Format, sniff};
+use crate::data::dataset::Dataset;
+use crate::data::layout::{LayoutOptions, Split, scan_split, scan_split_with_notes};
+use crate::data::side_focus::{self, Orientation};
+use crate::eval::{EvalSummary, TextMode, evaluate};
+use crate::model::RecLMIS;
+use crate::report::curves::write_curves;
+use crate::train::{EpochMetrics, Event, TrainConfig, TrainError, Trainer};
+
+/// The model in `path`: a checkpoint of ours (a file, or a run folder's best), or the authors'
+/// `torch.save` checkpoint, imported on the fly without running pickle code.
+pub fn load_model(path: &Path, device: &Device) -> Result<RecLMIS, Error> {
+    let file = ours::checkpoint_file(path);
+    if matches!(sniff(&file), Ok(Format::TorchSave)) {
+        return Ok(import_authors_checkpoint(&file, device)?.0);
+    }
+    Ok(ours::load(&file, device)?.model)
+}
+
+/// A training run: data in LViT layout, a run folder, a config (see [`super::train_config`]).
+#[derive(Clone, Debug)]
+pub struct TrainRequest {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub cfg: TrainConfig,
+    /// CLIP weights to start from (OpenAI, Hugging Face, or a checkpoint of ours).
+    pub clip: Option<PathBuf>,
+    pub resume: bool,
+    pub allow_missing_notes: bool,
+}
+
+/// What a training run reports as it goes.
+pub enum TrainProgress<'a> {
+    /// Reading the images of both splits at this size.
+    Loading { data: &'a Path, size: usize },
+    /// Both splits are in memory; the config is final.
+    Loaded {
+        train: &'a Dataset,
+        val: &'a Dataset,
+        cfg: &'a TrainConfig,
+    },
+    /// Side focus measured which image half "left" names.
+    SideFocus(Orientation),
+    /// The trainer's own events (epochs, steps, validation).
+    Train(Event<'a>),
+}
+
+/// What a finished run left.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    pub best_val_dice: f64,
+    pub best_epoch: usize,
+    pub history: Vec<EpochMetrics>,
+    pub out: PathBuf,
+}
+
+/// Trains `req` on the CPU: initial weights, both splits, the run, `curves.png` (also after a
+/// failed epoch, for what was done).
+pub fn train(req: &TrainRequest, on: &mut dyn FnMut(TrainProgress)) -> Result<TrainOutcome, Error> {
+    let mut cfg = req.cfg.clone();
+    let device = Device::flex().autodiff();
+    let init = initial_model(req.clip.as_deref(), req.resume, &mut cfg, &device)?;
+    let size = cfg.model.image_size;
+    on(TrainProgress::Loading {
+        data: &req.data,
+        size,
+    });
+    let split = |s, limit| load_split(&req.data, s, size, req.allow_missing_notes, limit);
+    let train = split(Split::Train, cfg.max_train)?;
+    let val = split(Split::Val, cfg.max_val)?;
+    on(TrainProgress::Loaded {
+        train: &train,
+        val: &val,
+        cfg: &cfg,
+    });
+    if cfg.side_focus > 0.0 {
+        let o = side_focus::orientation(&train).map_err(TrainError::SideFocus)?;
+        on(TrainProgress::SideFocus(o));
+    }
+    let mut trainer = Trainer::new(cfg, init, Some(&req.out), req.resume, &device)?;
+    let result = trainer
+        .run(&train, &val, &mut |e| on(TrainProgress::Train(e)))
+        .map(|h| h.to_vec());
+    if !trainer.history.is_empty() {
+        write_curves(&req.out.join("curves.png"), &trainer.history)?;
+    }
+    let history = result?;
+    Ok(TrainOutcome {
+        best_val_dice: trainer.state.best_val_dice.unwrap_or(0.0),
+        best_epoch: trainer.state.best_epoch.unwrap_or(0),
+        history,
+        out: req.out.clone(),
+    })
+}
+
+/// How notes are read for an evaluation (overrides the checkpoint's `notes.canonical`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotesAs {
+    Raw,
+    Canonical,
+}
+
+/// An evaluation: a checkpoint, a split of a dataset, which notes.
+#[derive(Clone, Debug)]
+pub struct EvalRequest {
+    pub checkpoint: PathBuf,
+    pub data: PathBuf,
+    pub split: Split,
+    pub text: TextMode,
+    /// Any notes file to read instead of the split's own (strict both ways: one note per image).
+    pub notes: Option<PathBuf>,
+    pub notes_as: Option<NotesAs>,
+    pub seed: u64,
+    pub allow_missing_notes: bool,
+}
+
+/// A finished evaluation.
+pub struct EvalOutcome {
+    pub summary: EvalSummary,
+    /// The checkpoint file and the notes file actually read.
+    pub checkpoint: PathBuf,
+    pub notes_file: PathBuf,
+    pub model: RecLMIS,
+    /// Images whose mask had another size (both resized).
+    pub size_mismatches: usize,
+}
+
+/// Scores `req` with the LViT test protocol. Images and notes are checked before the model is
+/// loaded, so bad data fails fast.
+pub fn evaluate_split(req: &EvalRequest) -> Result<EvalOutcome, Error> {
+    let checkpoint = ours::checkpoint_file(&req.checkpoint);
+    let scanned = match &req.notes {
+        Some(file) => scan_split_with_notes(&req.data, req.split, file),
+        None => {
+            let opts = LayoutOptions {
+                allow_missing_notes: req.allow_missing_notes,
+                ..Default::default()
+            };
+            scan_split(&req.data, req.split, &opts)
+        }
+    }?;
+    let mut model = load_model(&checkpoint, &Device::flex())?;
+    if let Some(how) = req.notes_as {
+        model.cfg.notes.canonical = how == NotesAs::Canonical;
+    }
+    let data = Dataset::from_items(&scanned.items, model.cfg.image_size)?;
+    let summary = evaluate(&model, &data, req.text, req.seed, 8);
+    Ok(EvalOutcome {
+        summary,
+        checkpoint,
+        notes_file: scanned.notes_file,
+        model,
+        size_mismatches: data.size_mismatches,
+    })
+}
