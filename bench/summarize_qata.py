@@ -90,12 +90,17 @@ def minutes(folder):
     return None
 
 
+# Suites that change what a note says on purpose (bench/wordings/README.md): scored like the
+# wordings, reported apart from them.
+PROBES = ("negation", "swap")
+
+
 def summarize(folder, one_sided=None):
-    wordings = {}
+    wordings, probes = {}, {}
     for name in sorted(os.listdir(folder)):
         if name.startswith("reclmis-wording-") and name.endswith(".json"):
             suite = name[len("reclmis-wording-"):-len(".json")]
-            wordings[suite] = field(folder, name)
+            (probes if suite in PROBES else wordings)[suite] = field(folder, name)
     reclmis = {
         "val": field(folder, "reclmis-val-given.json"),
         "test_lvit": field(folder, "reclmis-test-given.json"),
@@ -103,6 +108,7 @@ def summarize(folder, one_sided=None):
         "test_lvit_shuffled": field(folder, "reclmis-test-shuffled.json"),
         "test_lvit_empty": field(folder, "reclmis-test-empty.json"),
         "wordings": wordings,
+        "probes": probes,
     }
     if one_sided is None:
         for candidate in (os.path.join(folder, "one_sided.txt"),
@@ -114,8 +120,8 @@ def summarize(folder, one_sided=None):
         keys = read_keys(one_sided)
         subset = {"n": len(keys),
                   "test_cleaned": subset_mean(folder, "reclmis-test-cleaned-given.csv", keys)}
-        for suite in ("negation", "swap"):
-            if suite in wordings:
+        for suite in PROBES:
+            if suite in probes:
                 subset[suite] = subset_mean(folder, f"reclmis-wording-{suite}.csv", keys)
         reclmis["one_sided"] = subset
     raw = {}
@@ -141,15 +147,49 @@ def summarize(folder, one_sided=None):
             "mb": round(os.path.getsize(weights) / 1e6, 2) if os.path.isfile(weights) else None,
         }
     bench = read_json(folder, "bench.json") or {}
+    baseline = {
+        "val": field(folder, "baseline-val-given.json"),
+        "test_lvit": field(folder, "baseline-test-given.json"),
+    }
     return {
         "minutes": minutes(folder),
         "cpu": bench.get("cpu"),
         "reclmis": reclmis,
-        "baseline": {
-            "val": field(folder, "baseline-val-given.json"),
-            "test_lvit": field(folder, "baseline-test-given.json"),
-        },
+        "baseline": baseline,
+        "checks": checks(reclmis, baseline),
     }
+
+
+def checks(r, baseline):
+    """Issue 20's "Done means", each with the numbers it compares; null where one is missing."""
+    def check(ok, **numbers):
+        if any(v is None for v in numbers.values()):
+            return {"pass": None, **numbers}
+        return {"pass": bool(ok(**numbers)), **numbers}
+
+    one = r.get("one_sided", {})
+    out = {
+        "test_lvit >= 0.80": check(lambda lvit: lvit >= 0.80, lvit=r["test_lvit"]),
+        "test_lvit >= baseline + 0.03": check(
+            lambda lvit, base: lvit >= base + 0.03, lvit=r["test_lvit"],
+            base=baseline["test_lvit"]),
+        "|test_lvit - test_cleaned| <= 0.02": check(
+            lambda lvit, cleaned: abs(lvit - cleaned) <= 0.02, lvit=r["test_lvit"],
+            cleaned=r["test_cleaned"]),
+        "shuffled costs >= 0.05": check(
+            lambda lvit, shuffled: lvit - shuffled >= 0.05, lvit=r["test_lvit"],
+            shuffled=r["test_lvit_shuffled"]),
+        "one-sided: negating the other side changes <= 0.01": check(
+            lambda cleaned, negation: abs(cleaned - negation) <= 0.01,
+            cleaned=one.get("test_cleaned"), negation=one.get("negation")),
+        "one-sided: swapping sides costs >= 0.05": check(
+            lambda cleaned, swap: cleaned - swap >= 0.05,
+            cleaned=one.get("test_cleaned"), swap=one.get("swap")),
+    }
+    for suite, d in r["wordings"].items():
+        out[f"wording {suite} >= test_cleaned - 0.03"] = check(
+            lambda d, cleaned: d >= cleaned - 0.03, d=d, cleaned=r["test_cleaned"])
+    return out
 
 
 def main():

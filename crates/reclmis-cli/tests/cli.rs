@@ -1,6 +1,9 @@
 //! The `reclmis` binary end to end: `import` of the authors' checkpoint, `predict` reproducing the
 //! probabilities their code computed, `inspect`'s numbers (docs §1.11), and bad input
 //! ending in exit code 2 with the file named (docs/product.md "Bad input").
+//!
+//! Longer than the project's ~700-line guide on purpose: every end-to-end test of the binary
+//! lives in this one test target, so CI links one more test binary, not one per topic.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

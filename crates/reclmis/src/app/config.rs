@@ -199,10 +199,10 @@ mod tests {
 
     #[test]
     fn a_table_merges_like_a_file_and_overrides_read_from_names() {
-        let table = serde_json::json!({"epochs": 3, "model": {"base_channels": 8}});
+        let table = serde_json::json!({"epochs": 3, "model": {"rec_layers": 1}});
         let o: TrainOverrides = serde_json::from_value(serde_json::json!({"lr": 0.01})).unwrap();
         let cfg = train_config(Preset::Qata, false, Some(ConfigLayer::Table(table)), &o).unwrap();
-        assert_eq!((cfg.epochs, cfg.model.base_channels, cfg.lr), (3, 8, 0.01));
+        assert_eq!((cfg.epochs, cfg.model.rec_layers, cfg.lr), (3, 1, 0.01));
         let unknown = serde_json::from_value::<TrainOverrides>(serde_json::json!({"epoch": 1}));
         assert!(unknown.unwrap_err().to_string().contains("epoch"));
     }

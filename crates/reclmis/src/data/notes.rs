@@ -186,16 +186,25 @@ fn read_spreadsheet(path: &Path) -> Result<Vec<RawRow>, DataError> {
         path: path.to_path_buf(),
         reason,
     };
-    let mut book = calamine::open_workbook_auto(path).map_err(|e| unreadable(e.to_string()))?;
-    // paper-parity: §4.2 — `pd.read_excel(file)` reads the first sheet, header in its first row.
-    let sheet = book
-        .sheet_names()
-        .into_iter()
-        .next()
-        .ok_or_else(|| unreadable("the workbook has no sheet".into()))?;
-    let range = book
-        .worksheet_range(&sheet)
-        .map_err(|e| unreadable(format!("sheet `{sheet}`: {e}")))?;
+    // The spreadsheet parser is a dependency reading untrusted bytes; a damaged file that makes
+    // it panic (an arithmetic overflow on a corrupt dimension, say) is reported as unreadable
+    // instead of taking the whole run down.
+    let read = || {
+        let mut book = calamine::open_workbook_auto(path).map_err(|e| unreadable(e.to_string()))?;
+        // paper-parity: §4.2 — `pd.read_excel(file)` reads the first sheet, header in its first
+        // row.
+        let sheet = book
+            .sheet_names()
+            .into_iter()
+            .next()
+            .ok_or_else(|| unreadable("the workbook has no sheet".into()))?;
+        let range = book
+            .worksheet_range(&sheet)
+            .map_err(|e| unreadable(format!("sheet `{sheet}`: {e}")))?;
+        Ok((sheet, range))
+    };
+    let (sheet, range) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
+        .map_err(|_| unreadable("the spreadsheet is damaged (its reader failed on it)".into()))??;
     let first_row = range.start().map_or(0, |(row, _)| row as usize);
     let mut rows = range.rows();
     let header: Vec<String> = rows

@@ -109,8 +109,28 @@ impl RunPaths {
     pub fn last(&self) -> PathBuf {
         self.dir.join("last.safetensors")
     }
-    pub fn optimizer(&self) -> PathBuf {
+    /// Adam's state after `epoch` epochs. One file per epoch, so `last.safetensors` never pairs
+    /// with the state of another epoch: a run killed between writing the two resumes from the
+    /// older pair, which is still on disk (older files are removed once `last` is written).
+    pub fn optimizer_at(&self, epoch: usize) -> PathBuf {
+        self.dir.join(format!("optimizer-{epoch:05}.bin"))
+    }
+    /// The single optimizer file of runs written before per-epoch files.
+    pub fn optimizer_legacy(&self) -> PathBuf {
         self.dir.join("optimizer.bin")
+    }
+    /// Removes the temporary files of writes a killed run left behind (`.<name>.tmp-<pid>`; the
+    /// files they were to replace are intact).
+    pub fn remove_interrupted_writes(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
     pub fn text_tower(&self) -> PathBuf {
         self.dir.join(TEXT_TOWER_FILE)
@@ -177,6 +197,9 @@ impl Trainer {
             dir: d.to_path_buf(),
         });
         let optim = AdamConfig::new().with_epsilon(1e-8).init();
+        if let Some(p) = &paths {
+            p.remove_interrupted_writes();
+        }
         if resume {
             let p = paths
                 .as_ref()
@@ -231,11 +254,15 @@ impl Trainer {
                 p.last().display()
             )));
         }
-        let bytes = std::fs::read(p.optimizer())
-            .map_err(|e| TrainError::Resume(format!("{}: {e}", p.optimizer().display())))?;
+        let mut opt_path = p.optimizer_at(loaded.state.epoch);
+        if !opt_path.exists() && p.optimizer_legacy().exists() {
+            opt_path = p.optimizer_legacy();
+        }
+        let bytes = std::fs::read(&opt_path)
+            .map_err(|e| TrainError::Resume(format!("{}: {e}", opt_path.display())))?;
         let optim = optim
             .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-            .map_err(|e| TrainError::Resume(format!("{}: {e:?}", p.optimizer().display())))?;
+            .map_err(|e| TrainError::Resume(format!("{}: {e:?}", opt_path.display())))?;
         let history: Vec<EpochMetrics> = std::fs::read_to_string(p.metrics())
             .unwrap_or_default()
             .lines()
@@ -452,8 +479,9 @@ impl Trainer {
             .optim
             .into_bytes()
             .map_err(|e| TrainError::Resume(format!("optimizer state: {e:?}")))?;
-        write_atomic(&p.optimizer(), &bytes).map_err(|source| TrainError::Io {
-            path: p.optimizer(),
+        let opt_path = p.optimizer_at(self.state.epoch);
+        write_atomic(&opt_path, &bytes).map_err(|source| TrainError::Io {
+            path: opt_path.clone(),
             source,
         })?;
         let mut lines = String::new();
@@ -466,6 +494,17 @@ impl Trainer {
             source,
         })?;
         ours::save(&p.last(), &self.model, &self.state, opts())?;
+        // `last` now pairs with this epoch's state; older states can go.
+        if let Ok(entries) = std::fs::read_dir(&p.dir) {
+            for e in entries.flatten() {
+                let path = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                let old = name.starts_with("optimizer") && name.ends_with(".bin");
+                if old && path != opt_path {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
         Ok(())
     }
 }
