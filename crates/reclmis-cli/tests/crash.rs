@@ -68,10 +68,11 @@ fn all_checkpoints_load(run: &Path) {
     for e in std::fs::read_dir(run).unwrap().flatten() {
         let p = e.path();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if name.ends_with(".safetensors") && name != "text_tower.safetensors" {
-            if let Err(e) = ours::load(&p, &Device::flex()) {
-                panic!("{} does not load after a kill: {e}", p.display());
-            }
+        if name.ends_with(".safetensors")
+            && name != "text_tower.safetensors"
+            && let Err(e) = ours::load(&p, &Device::flex())
+        {
+            panic!("{} does not load after a kill: {e}", p.display());
         }
     }
 }
