@@ -129,6 +129,6 @@ PY
 python3 bench/summarize_qata.py "$out"
 # Weights are too large to record (the float16 export aside); the metrics, curves, configs and
 # per-image CSVs stay.
-find "$out" \( -name '*.safetensors' ! -name '*-fp16.safetensors' -o -name optimizer.bin \) \
+find "$out" \( -name '*.safetensors' ! -name '*-fp16.safetensors' -o -name 'optimizer*.bin' \) \
   -delete
 exit "$fp16_ok"
