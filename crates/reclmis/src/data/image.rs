@@ -496,6 +496,9 @@ fn colour16_to_u8(v: u16, format: ImageFormat) -> u8 {
 }
 
 /// Decodes by content (not extension), applying the EXIF orientation as `cv2.imread` does.
+/// The most decoded bytes an image may claim (a 20 000 × 20 000 RGB film is 1.2 GB).
+const MAX_DECODED_BYTES: u64 = 1_500_000_000;
+
 fn decode(path: &Path) -> Result<(DynamicImage, ImageFormat), DataError> {
     let image_err = |reason: String| DataError::Image {
         path: path.to_path_buf(),
@@ -514,6 +517,16 @@ fn decode(path: &Path) -> Result<(DynamicImage, ImageFormat), DataError> {
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| image_err(e.to_string()))?;
+    // A header may claim any size; nothing is allocated for more than reclmis would ever read.
+    let (w, h) = decoder.dimensions();
+    let bytes = decoder.total_bytes();
+    if bytes > MAX_DECODED_BYTES {
+        return Err(image_err(format!(
+            "the file claims a {w}×{h} image ({} MB decoded), more than the {} MB reclmis decodes",
+            bytes / 1_000_000,
+            MAX_DECODED_BYTES / 1_000_000
+        )));
+    }
     let orientation = decoder.orientation().ok();
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| image_err(e.to_string()))?;
     if let Some(orientation) = orientation {

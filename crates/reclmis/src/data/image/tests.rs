@@ -359,3 +359,17 @@ fn in_memory_pixels_convert_as_files_do() {
             .contains("channels")
     );
 }
+
+/// Found by the png fuzz target (bench/results/fuzz-20261205-122921): 1,192 bytes whose header
+/// claims a 517 GB image. Refused before anything is allocated, naming the file.
+#[test]
+fn a_header_claiming_a_huge_image_is_refused_before_allocating() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz-png-huge-header.png");
+    let msg = read_bgr(&path).unwrap_err().to_string();
+    assert!(
+        msg.contains("MB decoded") && msg.contains("fuzz-png-huge-header.png"),
+        "{msg}"
+    );
+    assert!(load_mask(&path, 32).is_err());
+}
