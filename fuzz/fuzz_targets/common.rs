@@ -15,6 +15,9 @@ pub fn as_file(name: &str, data: &[u8]) -> PathBuf {
 pub fn names_the_file<T, E: std::fmt::Display>(r: Result<T, E>, name: &str) {
     if let Err(e) = r {
         let msg = e.to_string();
-        assert!(msg.contains(name), "the error does not name the file: {msg}");
+        assert!(
+            msg.contains(name),
+            "the error does not name the file: {msg}"
+        );
     }
 }

@@ -8,5 +8,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let path = common::as_file("ViT.pt", data);
-    common::names_the_file(reclmis::checkpoint::torch::read_torchscript(&path), "ViT.pt");
+    common::names_the_file(
+        reclmis::checkpoint::torch::read_torchscript(&path),
+        "ViT.pt",
+    );
 });
