@@ -300,7 +300,7 @@ fn train<'py>(
                     "event": "loading", "data": data.display().to_string(), "size": size}),
                 TrainProgress::Loaded { train, val, .. } => serde_json::json!({
                     "event": "loaded", "train": train.len(), "val": val.len()}),
-                TrainProgress::SideFocus(o) => serde_json::json!({
+                TrainProgress::Train(Event::SideFocus(o)) => serde_json::json!({
                     "event": "side_focus", "left_is_image_left": o.left_is_image_left}),
                 TrainProgress::Train(Event::EpochStart {
                     epoch: e, steps: s, ..

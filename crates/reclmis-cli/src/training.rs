@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use reclmis::data::dataset::{Augment, Dataset};
+use reclmis::data::dataset::Augment;
 use reclmis::data::layout::Split;
 use reclmis::data::synth::{SynthConfig, write_lvit};
 use reclmis::demo::DemoConfig;
@@ -219,6 +219,7 @@ fn progress(quiet: bool) -> impl FnMut(Event) {
         }
         match e {
             Event::Resumed { epoch } => eprintln!("resuming after epoch {epoch}"),
+            Event::SideFocus(o) => eprintln!("side focus: {o}"),
             Event::EpochStart {
                 epoch,
                 epochs,
@@ -392,13 +393,12 @@ fn create_dir(dir: &Path) -> Result<(), Error> {
     })
 }
 
-fn warn_size_mismatches(d: &Dataset, split: Split) {
-    if d.size_mismatches > 0 {
+fn warn_size_mismatches(count: usize, split: Split, size: usize) {
+    if count > 0 {
         eprintln!(
-            "warning: {} {} image(s) have a mask of another size; both were resized to {s}×{s}",
-            d.size_mismatches,
+            "warning: {count} {} image(s) have a mask of another size; both were resized to \
+             {size}×{size}",
             split.name(),
-            s = d.size
         );
     }
 }
@@ -418,8 +418,8 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             eprintln!("loading {} at {size}×{size}…", data.display());
         }
         app::TrainProgress::Loaded { train, val, cfg } => {
-            warn_size_mismatches(train, Split::Train);
-            warn_size_mismatches(val, Split::Val);
+            warn_size_mismatches(train.size_mismatches, Split::Train, train.size);
+            warn_size_mismatches(val.size_mismatches, Split::Val, val.size);
             eprintln!(
                 "{} train / {} val images ({} with an empty mask); text encoder {}; parity {:?}; \
                  augmentation {:?}; notes {}, paraphrase p {}, side focus p {}",
@@ -438,7 +438,6 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
                 cfg.side_focus
             );
         }
-        app::TrainProgress::SideFocus(o) => eprintln!("side focus: {o}"),
         app::TrainProgress::Train(e) => bars(e),
     })?;
     println!(
@@ -470,15 +469,8 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         allow_missing_notes: args.allow_missing_notes,
     };
     let out = app::evaluate_split(&req)?;
-    let (s, ckpt, cfg) = (&out.summary, &out.checkpoint, &out.model.cfg);
-    if out.size_mismatches > 0 {
-        eprintln!(
-            "warning: {} {} image(s) have a mask of another size; both were resized to {s}×{s}",
-            out.size_mismatches,
-            split.name(),
-            s = cfg.image_size
-        );
-    }
+    let (s, ckpt, cfg) = (&out.summary, &out.checkpoint, &out.cfg);
+    warn_size_mismatches(out.size_mismatches, split, cfg.image_size);
     let csv_path = args.csv.clone().unwrap_or_else(|| {
         ckpt.parent().unwrap_or(Path::new(".")).join(format!(
             "eval-{}-{}.csv",

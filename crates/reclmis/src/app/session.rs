@@ -12,11 +12,10 @@ use crate::checkpoint::ours;
 use crate::checkpoint::torch::{Format, sniff};
 use crate::data::dataset::Dataset;
 use crate::data::layout::{LayoutOptions, Split, scan_split, scan_split_with_notes};
-use crate::data::side_focus::{self, Orientation};
 use crate::eval::{EvalSummary, TextMode, evaluate};
-use crate::model::RecLMIS;
+use crate::model::{ModelConfig, RecLMIS};
 use crate::report::curves::write_curves;
-use crate::train::{EpochMetrics, Event, TrainConfig, TrainError, Trainer};
+use crate::train::{EpochMetrics, Event, TrainConfig, Trainer};
 
 /// The model in `path`: a checkpoint of ours (a file, or a run folder's best), or the authors'
 /// `torch.save` checkpoint, imported on the fly without running pickle code.
@@ -50,8 +49,6 @@ pub enum TrainProgress<'a> {
         val: &'a Dataset,
         cfg: &'a TrainConfig,
     },
-    /// Side focus measured which image half "left" names.
-    SideFocus(Orientation),
     /// The trainer's own events (epochs, steps, validation).
     Train(Event<'a>),
 }
@@ -84,10 +81,6 @@ pub fn train(req: &TrainRequest, on: &mut dyn FnMut(TrainProgress)) -> Result<Tr
         val: &val,
         cfg: &cfg,
     });
-    if cfg.side_focus > 0.0 {
-        let o = side_focus::orientation(&train).map_err(TrainError::SideFocus)?;
-        on(TrainProgress::SideFocus(o));
-    }
     let mut trainer = Trainer::new(cfg, init, Some(&req.out), req.resume, &device)?;
     let result = trainer
         .run(&train, &val, &mut |e| on(TrainProgress::Train(e)))
@@ -131,7 +124,8 @@ pub struct EvalOutcome {
     /// The checkpoint file and the notes file actually read.
     pub checkpoint: PathBuf,
     pub notes_file: PathBuf,
-    pub model: RecLMIS,
+    /// The config the model ran with (its notes reading as overridden).
+    pub cfg: ModelConfig,
     /// Images whose mask had another size (both resized).
     pub size_mismatches: usize,
 }
@@ -160,7 +154,7 @@ pub fn evaluate_split(req: &EvalRequest) -> Result<EvalOutcome, Error> {
         summary,
         checkpoint,
         notes_file: scanned.notes_file,
-        model,
+        cfg: model.cfg,
         size_mismatches: data.size_mismatches,
     })
 }

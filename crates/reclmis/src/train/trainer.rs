@@ -15,7 +15,7 @@ use crate::checkpoint::ours::{self, CheckpointError, SaveOptions, TrainState};
 use crate::data::dataset::{Dataset, Sample, augment};
 use crate::data::metrics;
 use crate::data::paraphrase::paraphrase_note;
-use crate::data::side_focus::{self, focus_side};
+use crate::data::side_focus::{self, Orientation, focus_side};
 use crate::files::write_atomic;
 use crate::model::{Branches, RecLMIS, to_vec};
 use crate::rng::{SplitMix64, mix};
@@ -66,6 +66,8 @@ pub enum Event<'a> {
     Resumed {
         epoch: usize,
     },
+    /// Side focus measured which image half "left" names (once, before its first epoch).
+    SideFocus(Orientation),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +183,9 @@ pub struct Trainer {
     pub paths: Option<RunPaths>,
     device: Device,
     cache: TextCache,
+    /// Which image half each side word names, measured once on the first training set
+    /// (only with side focus).
+    orientation: Option<Orientation>,
 }
 
 impl Trainer {
@@ -238,6 +243,7 @@ impl Trainer {
             paths,
             device: device.clone(),
             cache: TextCache::default(),
+            orientation: None,
         })
     }
 
@@ -278,6 +284,7 @@ impl Trainer {
             paths: Some(RunPaths { dir: p.dir.clone() }),
             device: device.clone(),
             cache: TextCache::default(),
+            orientation: None,
         })
     }
 
@@ -346,11 +353,12 @@ impl Trainer {
             order.swap(i, rng.below(i + 1));
         }
         let steps = order.len().div_ceil(cfg.batch_size);
-        let orientation = if cfg.side_focus > 0.0 {
-            Some(side_focus::orientation(train).map_err(TrainError::SideFocus)?)
-        } else {
-            None
-        };
+        if cfg.side_focus > 0.0 && self.orientation.is_none() {
+            let o = side_focus::orientation(train).map_err(TrainError::SideFocus)?;
+            self.orientation = Some(o);
+            on(Event::SideFocus(o));
+        }
+        let orientation = self.orientation.filter(|_| cfg.side_focus > 0.0);
         on(Event::EpochStart {
             epoch: e + 1,
             epochs: cfg.epochs,
