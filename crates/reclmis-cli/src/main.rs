@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input. A failure prints one line
 //! `error: …` on stderr, and `hint: …` where one helps.
 
+mod serve;
 mod training;
 
 use std::path::{Path, PathBuf};
@@ -74,6 +75,8 @@ enum Command {
     Bench(training::BenchArgs),
     /// How the note grammar reads a notes file: findings, canonical text, unknown words
     Notes(NotesArgs),
+    /// A local web viewer and JSON API: drop an image, type a note, see the mask follow
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -210,6 +213,7 @@ fn run(command: Command) -> Result<()> {
         Command::Export(args) => run_export(args),
         Command::Bench(args) => training::run_bench(args),
         Command::Notes(args) => run_notes(args),
+        Command::Serve(args) => serve::run_serve(args),
     }
 }
 
