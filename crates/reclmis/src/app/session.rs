@@ -90,7 +90,12 @@ pub fn train(req: &TrainRequest, on: &mut dyn FnMut(TrainProgress)) -> Result<Tr
         .run(&train, &val, &mut |e| on(TrainProgress::Train(e)))
         .map(|h| h.to_vec());
     if !trainer.history.is_empty() {
-        write_curves(&req.out.join("curves.png"), &trainer.history)?;
+        let curves = write_curves(&req.out.join("curves.png"), &trainer.history);
+        // After a failed epoch the curves are best effort: the error to report is the epoch's
+        // (on a full disk, the checkpoint that could not be written, not the picture after it).
+        if result.is_ok() {
+            curves?;
+        }
     }
     let history = result?;
     Ok(TrainOutcome {
