@@ -18,6 +18,7 @@ use reclmis::Error;
 use reclmis::checkpoint::import::ImportError;
 use reclmis::checkpoint::ours::{self, SaveOptions};
 use reclmis::data::image::read_bgr;
+use reclmis::data::{DataError, LISTED_PROBLEMS};
 use reclmis::inspect::{Inspection, inspect_checkpoint, inspect_config, thousands};
 use reclmis::model::{ModelConfig, Preset};
 use reclmis::predict::{self, FolderOptions, Prediction};
@@ -241,19 +242,48 @@ fn report_error(e: &anyhow::Error, json: bool) -> u8 {
         None if e.chain().any(is_library_input_error) => reclmis::error::EXIT_BAD_INPUT,
         None => reclmis::error::EXIT_RUNTIME,
     };
-    eprintln!("error: {message}");
+    // Several data problems: a header line, then one line each (docs/product.md "Exit codes").
+    let problems: Vec<String> = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<Error>() {
+            Some(Error::Data(d @ DataError::Problems(_))) => Some(d),
+            _ => c
+                .downcast_ref::<DataError>()
+                .filter(|d| matches!(d, DataError::Problems(_))),
+        })
+        .map(|d| {
+            d.problems()
+                .iter()
+                .map(|p| one_line(&p.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if problems.is_empty() {
+        eprintln!("error: {message}");
+    } else {
+        eprintln!("error: {} problems with the data:", problems.len());
+        for p in problems.iter().take(LISTED_PROBLEMS) {
+            eprintln!("  {p}");
+        }
+        if problems.len() > LISTED_PROBLEMS {
+            eprintln!("  … and {} more", problems.len() - LISTED_PROBLEMS);
+        }
+    }
     if let Some(h) = &hint {
         eprintln!("hint: {h}");
     }
     if json {
-        let v = serde_json::json!({ "error": message, "hint": hint, "exit_code": code });
+        let mut v = serde_json::json!({ "error": message, "hint": hint, "exit_code": code });
+        if !problems.is_empty() {
+            v["problems"] = problems.into();
+        }
         println!("{v}");
     }
     u8::try_from(code).unwrap_or(1)
 }
 
 fn is_library_input_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.is::<reclmis::data::DataError>()
+    e.is::<DataError>()
         || e.is::<ImportError>()
         || e.is::<ours::CheckpointError>()
         || e.is::<reclmis::model::config::ConfigError>()

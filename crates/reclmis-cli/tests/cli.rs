@@ -827,3 +827,198 @@ fn a_checkpoint_whose_weights_changed_on_disk_is_refused() {
     assert!(err.contains("SHA-256"), "{err}");
     assert!(!tmp.join("eval.csv").exists(), "nothing is written");
 }
+
+/// `reclmis synth` at 32 px into `tmp/data` (7 train, 1 val and 2 test images for `n` 10), with
+/// the train and val notes moved from the xlsx file to a CSV file written from `rows`.
+fn tiny_data_with_notes(tmp: &TempDir, n: usize, rows: &[Vec<u8>]) -> PathBuf {
+    let data = tmp.join("data");
+    succeeds(&reclmis([
+        "synth",
+        "--out",
+        path_str(&data),
+        "--n",
+        &n.to_string(),
+        "--size",
+        "32",
+    ]));
+    std::fs::remove_file(data.join("Train_Folder/Train_Val_text.xlsx")).unwrap();
+    let mut csv = b"Image,Description\n".to_vec();
+    for row in rows {
+        csv.extend_from_slice(row);
+        csv.push(b'\n');
+    }
+    std::fs::write(data.join("Train_Folder/Train_Val_text.csv"), csv).unwrap();
+    data
+}
+
+fn note_row(index: usize, note: &str) -> Vec<u8> {
+    format!("mask_synth_{index:06}.png,{note}").into_bytes()
+}
+
+/// `train` on `data` into `out` with a tiny model for `epochs` epochs.
+fn tiny_train(data: &Path, out: &Path, epochs: &str) -> Output {
+    reclmis([
+        "--threads",
+        "2",
+        "train",
+        "--data",
+        path_str(data),
+        "--out",
+        path_str(out),
+        "--image-size",
+        "32",
+        "--base-channels",
+        "8",
+        "--batch-size",
+        "4",
+        "--epochs",
+        epochs,
+    ])
+}
+
+#[test]
+fn data_faults_are_listed_together_before_training() {
+    let tmp = TempDir::new("faults");
+    // Train: images 0..7, val: 7. Row 4 is not UTF-8 (Latin-1 "é"), row 9 gives image 2 a
+    // second, different note, row 10 names no image; image 1 loses its mask and its row, image
+    // 4 is cut short and val's mask is not an image at all.
+    let mut rows: Vec<Vec<u8>> = [0, 2, 3, 4, 5, 6, 7]
+        .iter()
+        .map(|&i| note_row(i, "Lesion in the left lung."))
+        .collect();
+    rows[2] = b"mask_synth_000003.png,L\xe9sion in the left lung.".to_vec();
+    rows.push(note_row(2, "Lesion in the right lung."));
+    rows.push(b"mask_ghost.png,Lesion in the left lung.".to_vec());
+    let data = tiny_data_with_notes(&tmp, 10, &rows);
+    let train = data.join("Train_Folder");
+    std::fs::remove_file(train.join("labelcol/mask_synth_000001.png")).unwrap();
+    let cut = train.join("img/synth_000004.png");
+    let bytes = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(
+        data.join("Val_Folder/labelcol/mask_synth_000007.png"),
+        b"not a picture",
+    )
+    .unwrap();
+
+    let run = tmp.join("run");
+    let out = tiny_train(&data, &run, "1");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    // After the "loading …" line, nothing but the error.
+    let lines: Vec<&str> = err
+        .lines()
+        .skip_while(|l| l.starts_with("loading "))
+        .collect();
+    assert_eq!(lines[0], "error: 7 problems with the data:", "{err}");
+    let csv = train.join("Train_Val_text.csv");
+    let csv = path_str(&csv);
+    let expected = [
+        format!(
+            "1 images without a mask: synth_000001.png ({})",
+            path_str(&train.join("img"))
+        ),
+        format!(
+            "the `Description` cell is not UTF-8 text (save the notes file as UTF-8) ({csv}:4)"
+        ),
+        format!(
+            "duplicate key `mask_synth_000002.png` with a different note (first at row 3) \
+             ({csv}:9)"
+        ),
+        format!("1 images without a note: mask_synth_000003.png ({csv})"),
+        format!("1 notes without an image: mask_ghost.png (row 10) ({csv})"),
+    ];
+    for (i, line) in expected.iter().enumerate() {
+        assert_eq!(lines[1 + i], format!("  {line}"), "{err}");
+    }
+    // The two unreadable files, each named, in the order their splits were read.
+    assert!(
+        lines[6].starts_with("  unreadable image: ") && lines[6].ends_with("synth_000004.png)"),
+        "{err}"
+    );
+    assert!(
+        lines[7].starts_with("  unreadable image: ")
+            && lines[7].ends_with("Val_Folder/labelcol/mask_synth_000007.png)"),
+        "{err}"
+    );
+    assert!(lines[8].starts_with("hint: "), "{err}");
+    assert_eq!(lines.len(), 9, "{err}");
+    assert!(!run.exists(), "nothing is written before the data is good");
+
+    // Many problems: the first 20 are listed, the rest counted.
+    let tmp = TempDir::new("many-faults");
+    let rows: Vec<Vec<u8>> = (0..32).map(|i| note_row(i, "Left lung.")).collect();
+    let data = tiny_data_with_notes(&tmp, 40, &rows);
+    for i in 0..25 {
+        let img = data.join(format!("Train_Folder/img/synth_{i:06}.png"));
+        std::fs::write(&img, b"").unwrap();
+    }
+    let run = tmp.join("run");
+    let out = tiny_train(&data, &run, "1");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .skip_while(|l| l.starts_with("loading "))
+        .collect();
+    assert_eq!(lines[0], "error: 25 problems with the data:", "{err}");
+    assert!(lines[1].ends_with("synth_000000.png)"), "{err}");
+    assert!(lines[20].ends_with("synth_000019.png)"), "{err}");
+    assert_eq!(lines[21], "  … and 5 more", "{err}");
+    assert!(!run.exists());
+}
+
+#[test]
+fn sixteen_bit_rgba_and_other_size_masks_load_as_imread_does() {
+    use image::{ImageBuffer, Luma, Rgba};
+    use reclmis::data::Split;
+
+    let tmp = TempDir::new("pixels");
+    let rows: Vec<Vec<u8>> = (0..8).map(|i| note_row(i, "Left lung.")).collect();
+    let data = tiny_data_with_notes(&tmp, 10, &rows);
+    let train = data.join("Train_Folder");
+    // 16-bit grey: OpenCV keeps the high byte, replicated to B, G and R.
+    let grey16 = |x: u32, y: u32| (x * 2048 + y * 37) as u16;
+    ImageBuffer::from_fn(32, 32, |x, y| Luma([grey16(x, y)]))
+        .save(train.join("img/synth_000000.png"))
+        .unwrap();
+    // RGBA: alpha dropped (not composited), channels in B, G, R order.
+    let rgba = |x: u32, y: u32| [(x * 8) as u8, (y * 8) as u8, 200, (x * y) as u8];
+    ImageBuffer::from_fn(32, 32, |x, y| Rgba(rgba(x, y)))
+        .save(train.join("img/synth_000001.png"))
+        .unwrap();
+    // A 64 px mask for a 32 px image: resized to the model size like the image.
+    ImageBuffer::from_fn(64, 64, |x, _| Luma([if x < 32 { 255u8 } else { 0 }]))
+        .save(train.join("labelcol/mask_synth_000002.png"))
+        .unwrap();
+
+    let set = reclmis::app::load_split(&data, Split::Train, 32, false, None).unwrap();
+    assert_eq!(set.len(), 7);
+    assert_eq!(set.size_mismatches, 1);
+    let sample = |key: &str| set.samples.iter().find(|s| s.key == key).unwrap();
+    let plane = |img: &[u8], c: usize, x: u32, y: u32| img[c * 1024 + y as usize * 32 + x as usize];
+    let s16 = sample("mask_synth_000000.png");
+    let s4 = sample("mask_synth_000001.png");
+    for (x, y) in [(0, 0), (5, 3), (31, 31), (17, 30)] {
+        let v = (grey16(x, y) >> 8) as u8;
+        assert_eq!([0, 1, 2].map(|c| plane(&s16.image, c, x, y)), [v; 3]);
+        let [r, g, b, _] = rgba(x, y);
+        assert_eq!([0, 1, 2].map(|c| plane(&s4.image, c, x, y)), [b, g, r]);
+    }
+    assert_eq!(s16.image[1024 + 32 + 5], 40); // (5, 1): (5·2048 + 37) >> 8
+    let mask = &sample("mask_synth_000002.png").mask;
+    for y in 0..32 {
+        let row = &mask[y * 32..(y + 1) * 32];
+        assert_eq!(row, [[1u8; 16], [0; 16]].concat().as_slice(), "row {y}");
+    }
+
+    // The same folder trains, with one warning for the mask of another size.
+    let out = tiny_train(&data, &tmp.join("run"), "1");
+    succeeds(&out);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("warning: 1 Train image(s) have a mask of another size"),
+        "{err}"
+    );
+    assert!(tmp.join("run/best.safetensors").exists());
+}

@@ -181,3 +181,129 @@ fn sigkill_at_any_moment_then_resume_gives_the_uninterrupted_weights() {
     assert_eq!(lines(&run), EPOCHS.parse::<usize>().unwrap());
     assert_eq!(lines(&reference), lines(&run));
 }
+
+/// A write that fails for lack of space (injected with the library's test hook
+/// `RECLMIS_FAIL_WRITE_AFTER_BYTES`, as a full disk would fail it) stops `train` with the file
+/// named and exit code 2; the checkpoints of the epochs before are untouched and load, nothing
+/// temporary is left, and `--resume` continues once there is room again.
+#[test]
+fn a_full_disk_names_the_file_and_keeps_the_last_good_checkpoints() {
+    let tmp = TempDir::new("full-disk");
+    let data = tmp.0.join("data");
+    let out = reclmis()
+        .args(["synth", "--n", "20", "--size", "32", "--seed", "3", "--out"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let config = tmp.0.join("small.toml");
+    std::fs::write(
+        &config,
+        "[model]\nrec_layers = 1\n[model.text_encoder]\nkind = \"builtin\"\nwidth = 64\n\
+         layers = 1\nheads = 2\n",
+    )
+    .unwrap();
+    let run = tmp.0.join("run");
+    let train = |epochs: &str, resume: bool, fail_after: Option<u64>| {
+        let mut c = reclmis();
+        c.args(["--threads", "2", "train", "--data"])
+            .arg(&data)
+            .arg("--config")
+            .arg(&config)
+            .args(["--image-size", "32", "--base-channels", "8"])
+            .args([
+                "--batch-size",
+                "8",
+                "--seed",
+                "5",
+                "--epochs",
+                epochs,
+                "--out",
+            ])
+            .arg(&run);
+        if resume {
+            c.arg("--resume");
+        }
+        if let Some(n) = fail_after {
+            c.env(reclmis::files::FAIL_WRITE_AFTER_BYTES, n.to_string());
+        }
+        c.output().unwrap()
+    };
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    let first = train("2", false, None);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let kept = ["best.safetensors", "last.safetensors"];
+    let before: Vec<Vec<u8>> = kept
+        .iter()
+        .map(|f| std::fs::read(run.join(f)).unwrap())
+        .collect();
+
+    let size = |name: &str| std::fs::metadata(run.join(name)).unwrap().len();
+    let intact = |err: &str| {
+        for (name, bytes) in kept.iter().zip(&before) {
+            let now = std::fs::read(run.join(name)).unwrap();
+            assert!(&now == bytes, "{name} changed: {err}");
+        }
+        // The metrics of epochs 1 and 2 are kept (a third line may precede the failed `last`;
+        // resuming reads as many lines as `last` has epochs).
+        let epochs: Vec<u64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(epochs[..2], [1, 2], "{err}");
+        let last = ours::load(&run.join("last.safetensors"), &Device::flex()).unwrap();
+        assert_eq!(last.state.epoch, 2);
+        assert!(ours::load(&run.join("best.safetensors"), &Device::flex()).is_ok());
+        assert!(run.join("optimizer-00002.bin").exists(), "{err}");
+        for e in std::fs::read_dir(&run).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(!name.contains(".tmp-"), "a temporary file was left: {name}");
+        }
+    };
+    let full_disk = |fail_after: u64, file: &str| {
+        let out = train("3", true, Some(fail_after));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        let line = |start: &str| {
+            err.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            line("error: "),
+            format!(
+                "error: cannot write {}: No space left on device",
+                run.join(file).display()
+            ),
+            "{err}"
+        );
+        assert!(line("hint: ").contains("free some disk space"), "{err}");
+        intact(&err);
+    };
+
+    // An epoch writes best (when it is the best; epoch 3 of this run is not), Adam's state,
+    // metrics, then last. 1000 bytes are less than any of them: Adam's state fails.
+    full_disk(1000, "optimizer-00003.bin");
+    // Room for Adam's state and the metrics but half of the checkpoint: last fails.
+    let room =
+        size("optimizer-00002.bin") + 2 * size("metrics.jsonl") + size("last.safetensors") / 2;
+    full_disk(room, "last.safetensors");
+
+    // With room again, the run resumes from epoch 2 and finishes.
+    let resumed = train("3", true, None);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let last = ours::load(&run.join("last.safetensors"), &Device::flex()).unwrap();
+    assert_eq!(last.state.epoch, 3);
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let third: serde_json::Value = serde_json::from_str(metrics.lines().nth(2).unwrap()).unwrap();
+    assert_eq!(
+        third["best"], false,
+        "the failures above assume epoch 3 is not the best"
+    );
+}

@@ -106,6 +106,7 @@ impl Error {
                     .into(),
             ),
             Error::Train(crate::train::TrainError::Checkpoint(e)) => checkpoint_hint(e),
+            Error::Train(crate::train::TrainError::Io { source, .. }) => io_hint(source),
             Error::Train(crate::train::TrainError::SideFocus(_)) => Some(
                 "train without --side-focus, or on notes that name the side of each lesion".into(),
             ),
@@ -223,5 +224,15 @@ mod tests {
         };
         assert_eq!(other.exit_code(), 1);
         assert!(other.to_string().contains("cannot write out"));
+        // A full disk during training: bad input, with what to do about it.
+        let full = Error::from(crate::train::TrainError::Io {
+            path: "run/optimizer-00003.bin".into(),
+            source: std::io::Error::from(ErrorKind::StorageFull),
+        });
+        assert_eq!(full.exit_code(), 2);
+        assert!(
+            full.hint()
+                .is_some_and(|h| h.contains("free some disk space"))
+        );
     }
 }

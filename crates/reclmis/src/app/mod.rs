@@ -12,7 +12,7 @@ pub mod session;
 
 pub use config::{ConfigLayer, TrainOverrides, check_image_size, merged_config, train_config};
 pub use import::{Imported, import};
-pub use runs::{initial_model, load_split, synth_split};
+pub use runs::{initial_model, load_split, load_splits, synth_split};
 pub use session::{
     EvalOutcome, EvalRequest, NotesAs, TrainOutcome, TrainProgress, TrainRequest, evaluate_split,
     load_model, train,

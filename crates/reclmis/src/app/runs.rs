@@ -7,8 +7,9 @@ use burn::tensor::Device;
 use crate::Error;
 use crate::checkpoint::import::model_with_clip;
 use crate::checkpoint::ours;
+use crate::data::DataError;
 use crate::data::dataset::Dataset;
-use crate::data::layout::{LayoutOptions, Split};
+use crate::data::layout::{LayoutOptions, Split, survey_split};
 use crate::model::RecLMIS;
 use crate::train::TrainConfig;
 
@@ -48,11 +49,48 @@ pub fn load_split(
     allow_missing_notes: bool,
     limit: Option<usize>,
 ) -> Result<Dataset, Error> {
+    let mut loaded = load_splits(data, &[(split, limit)], size, allow_missing_notes)?;
+    Ok(loaded.remove(0))
+}
+
+/// Splits of a dataset in LViT layout at `size` px, each at most its limit of images, checked
+/// together: every problem of every split (a missing folder, files without a partner, bad note
+/// rows, images without a note and notes without an image, unreadable images and masks) comes
+/// back in one error, so a user sees them all before anything is trained or written
+/// (docs/product.md "Bad input").
+pub fn load_splits(
+    data: &Path,
+    splits: &[(Split, Option<usize>)],
+    size: usize,
+    allow_missing_notes: bool,
+) -> Result<Vec<Dataset>, Error> {
     let opts = LayoutOptions {
         allow_missing_notes,
         ..Default::default()
     };
-    Ok(Dataset::from_split(data, split, size, &opts, limit)?)
+    let mut problems = Vec::new();
+    let mut loaded = Vec::with_capacity(splits.len());
+    for &(split, limit) in splits {
+        let mut items = match survey_split(data, split, &opts) {
+            Ok((scanned, found)) => {
+                problems.extend(found);
+                scanned.items
+            }
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
+        if let Some(n) = limit {
+            items.truncate(n);
+        }
+        match Dataset::from_items(&items, size) {
+            Ok(d) => loaded.push(d),
+            Err(e) => problems.push(e),
+        }
+    }
+    DataError::collect(problems)?;
+    Ok(loaded)
 }
 
 /// How `synth` divides `n` images: 70 % train, 10 % validation, the rest test.

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
-use super::runs::{initial_model, load_split};
+use super::runs::{initial_model, load_splits};
 use crate::Error;
 use crate::checkpoint::import::import_authors_checkpoint;
 use crate::checkpoint::ours;
 use crate::checkpoint::torch::{Format, sniff};
+use crate::data::DataError;
 use crate::data::dataset::Dataset;
-use crate::data::layout::{LayoutOptions, Split, scan_split, scan_split_with_notes};
+use crate::data::layout::{LayoutOptions, Split, scan_split_with_notes, survey_split};
 use crate::eval::{EvalSummary, TextMode, evaluate};
 use crate::model::{ModelConfig, RecLMIS};
 use crate::report::curves::write_curves;
@@ -73,9 +74,12 @@ pub fn train(req: &TrainRequest, on: &mut dyn FnMut(TrainProgress)) -> Result<Tr
         data: &req.data,
         size,
     });
-    let split = |s, limit| load_split(&req.data, s, size, req.allow_missing_notes, limit);
-    let train = split(Split::Train, cfg.max_train)?;
-    let val = split(Split::Val, cfg.max_val)?;
+    // Both splits are checked before the run folder is touched; every problem in one error.
+    let splits = [(Split::Train, cfg.max_train), (Split::Val, cfg.max_val)];
+    let [train, val]: [Dataset; 2] =
+        load_splits(&req.data, &splits, size, req.allow_missing_notes)?
+            .try_into()
+            .expect("one dataset per split asked for");
     on(TrainProgress::Loaded {
         train: &train,
         val: &val,
@@ -86,7 +90,12 @@ pub fn train(req: &TrainRequest, on: &mut dyn FnMut(TrainProgress)) -> Result<Tr
         .run(&train, &val, &mut |e| on(TrainProgress::Train(e)))
         .map(|h| h.to_vec());
     if !trainer.history.is_empty() {
-        write_curves(&req.out.join("curves.png"), &trainer.history)?;
+        let curves = write_curves(&req.out.join("curves.png"), &trainer.history);
+        // After a failed epoch the curves are best effort: the error to report is the epoch's
+        // (on a full disk, the checkpoint that could not be written, not the picture after it).
+        if result.is_ok() {
+            curves?;
+        }
     }
     let history = result?;
     Ok(TrainOutcome {
@@ -96,6 +105,9 @@ pub fn train(req: &TrainRequest, on: &mut dyn FnMut(TrainProgress)) -> Result<Tr
         out: req.out.clone(),
     })
 }
+
+/// The size images are decoded at only to check that they can be.
+const CHECK_SIZE: usize = 16;
 
 /// How notes are read for an evaluation (overrides the checkpoint's `notes.canonical`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,20 +142,28 @@ pub struct EvalOutcome {
     pub size_mismatches: usize,
 }
 
-/// Scores `req` with the LViT test protocol. Images and notes are checked before the model is
-/// loaded, so bad data fails fast.
+/// Scores `req` with the LViT test protocol. Layout and notes are checked before the model is
+/// loaded, so bad data fails fast; with a problem there, the images are checked too (decoded at
+/// a small size) and every problem comes back in one error.
 pub fn evaluate_split(req: &EvalRequest) -> Result<EvalOutcome, Error> {
     let checkpoint = ours::checkpoint_file(&req.checkpoint);
     let scanned = match &req.notes {
-        Some(file) => scan_split_with_notes(&req.data, req.split, file),
+        Some(file) => scan_split_with_notes(&req.data, req.split, file)?,
         None => {
             let opts = LayoutOptions {
                 allow_missing_notes: req.allow_missing_notes,
                 ..Default::default()
             };
-            scan_split(&req.data, req.split, &opts)
+            let (scanned, mut problems) = survey_split(&req.data, req.split, &opts)?;
+            if !problems.is_empty() {
+                if let Err(e) = Dataset::from_items(&scanned.items, CHECK_SIZE) {
+                    problems.push(e);
+                }
+                DataError::collect(problems)?;
+            }
+            scanned
         }
-    }?;
+    };
     let mut model = load_model(&checkpoint, &Device::flex())?;
     if let Some(how) = req.notes_as {
         model.cfg.notes.canonical = how == NotesAs::Canonical;

@@ -57,11 +57,20 @@ impl Dataset {
         Self::from_items(&items, size)
     }
 
+    /// Decodes every item, in parallel; an unreadable image or mask does not stop the others,
+    /// so the error lists every bad file (in item order).
     pub fn from_items(items: &[Item], size: usize) -> Result<Self, DataError> {
-        let loaded: Vec<(Sample, bool)> = items
-            .par_iter()
-            .map(|it| load_item(it, size))
-            .collect::<Result<_, _>>()?;
+        let results: Vec<Result<(Sample, bool), Vec<DataError>>> =
+            items.par_iter().map(|it| load_item(it, size)).collect();
+        let mut loaded = Vec::with_capacity(results.len());
+        let mut problems = Vec::new();
+        for r in results {
+            match r {
+                Ok(sample) => loaded.push(sample),
+                Err(e) => problems.extend(e),
+            }
+        }
+        DataError::collect(problems)?;
         let size_mismatches = loaded.iter().filter(|(_, m)| *m).count();
         let samples: Vec<Sample> = loaded.into_iter().map(|(s, _)| s).collect();
         let empty_masks = samples
@@ -104,9 +113,13 @@ impl Dataset {
     }
 }
 
-fn load_item(it: &Item, size: usize) -> Result<(Sample, bool), DataError> {
-    let img = read_bgr(&it.image)?;
-    let mask = read_grey(&it.mask)?;
+/// One item at model size and whether its mask had another size; the image's and the mask's
+/// problems both, when both are bad.
+fn load_item(it: &Item, size: usize) -> Result<(Sample, bool), Vec<DataError>> {
+    let (img, mask) = match (read_bgr(&it.image), read_grey(&it.mask)) {
+        (Ok(img), Ok(mask)) => (img, mask),
+        (img, mask) => return Err(img.err().into_iter().chain(mask.err()).collect()),
+    };
     let mismatch = (img.width, img.height) != (mask.width, mask.height);
     let img = img.resized(size, size);
     let mask = mask.resized(size, size);

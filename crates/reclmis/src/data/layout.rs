@@ -97,31 +97,61 @@ pub struct SplitItems {
     pub missing_notes: Vec<String>,
 }
 
-/// Lists, pairs and annotates one split of the dataset under `root`.
+/// Lists, pairs and annotates one split of the dataset under `root`; every problem found (see
+/// [`survey_split`]) makes it an error, several of them one [`DataError::Problems`].
 pub fn scan_split(
     root: &Path,
     split: Split,
     options: &LayoutOptions,
 ) -> Result<SplitItems, DataError> {
-    let (convention, pairs) = split_pairs(root, split)?;
+    let (items, problems) = survey_split(root, split, options)?;
+    DataError::collect(problems)?;
+    Ok(items)
+}
+
+/// Scans one split as [`scan_split`] does, but past its problems: the items it could pair (an
+/// item without a note has the empty note) and every problem, in the order found — files
+/// without a partner (both ways), a notes file that cannot be read, its bad rows, images
+/// without a note and notes without an image — so that a caller can check the images too and
+/// report everything at once. The error is for a split that cannot be listed at all (a missing
+/// folder).
+pub fn survey_split(
+    root: &Path,
+    split: Split,
+    options: &LayoutOptions,
+) -> Result<(SplitItems, Vec<DataError>), DataError> {
+    let (convention, pairs, mut problems) = split_pairs(root, split)?;
 
     let notes_path = match &options.notes {
-        Some(path) => path.clone(),
-        None => find_notes_file(root, split)?,
+        Some(path) => Ok(path.clone()),
+        None => find_notes_file(root, split),
+    };
+    let notes = notes_path.and_then(|path| Ok((Notes::read_checked(&path)?, path)));
+    let (notes, notes_path) = match notes {
+        Ok(((notes, rows), path)) => {
+            problems.extend(rows);
+            (Some(notes), path)
+        }
+        Err(e) => {
+            let path = e.path().to_path_buf();
+            problems.push(e);
+            (None, path)
+        }
     };
     let shared = split != Split::Test
         && notes_path
             .file_stem()
             .is_some_and(|s| s.to_string_lossy().eq_ignore_ascii_case(SHARED_NOTES));
-    let notes = Notes::read(&notes_path)?;
 
     let mut items = Vec::with_capacity(pairs.len());
     let mut missing_notes = Vec::new();
     for (image, mask, key) in pairs {
-        let note = match notes.get(&key) {
+        let note = match notes.as_ref().and_then(|n| n.get(&key)) {
             Some(note) => note.text.clone(),
             None => {
-                missing_notes.push(key.clone());
+                if notes.is_some() {
+                    missing_notes.push(key.clone());
+                }
                 String::new()
             }
         };
@@ -133,11 +163,11 @@ pub fn scan_split(
         });
     }
     if !missing_notes.is_empty() && !options.allow_missing_notes {
-        return Err(DataError::Unmatched {
+        problems.push(DataError::Unmatched {
             what: "images without a note",
-            dir: notes_path,
+            dir: notes_path.clone(),
             count: missing_notes.len(),
-            names: missing_notes,
+            names: missing_notes.clone(),
         });
     }
 
@@ -151,40 +181,47 @@ pub fn scan_split(
             Split::Train
         };
         if let Ok(other) = SplitFolder::open(root, other) {
-            match other.pairs(other.convention()) {
-                Ok(pairs) => keys.extend(pairs.into_iter().map(|p| p.2)),
-                // That split's own scan reports its pairing problems; here its names suffice.
-                Err(_) => keys.extend(other.masks),
+            let (pairs, unpaired) = other.pairs(other.convention());
+            keys.extend(pairs.into_iter().map(|p| p.2));
+            // That split's own scan reports its pairing problems; here its names suffice.
+            if !unpaired.is_empty() {
+                keys.extend(other.masks);
             }
         }
     }
     let folded: BTreeSet<String> = keys.iter().map(|k| k.to_lowercase()).collect();
     let orphans: Vec<String> = notes
         .iter()
+        .flat_map(Notes::iter)
         .filter(|n| !folded.contains(&n.key.to_lowercase()))
-        .map(|n| n.key.clone())
+        .map(|n| format!("{} (row {})", n.key, n.row))
         .collect();
     if !orphans.is_empty() && !options.allow_missing_notes {
-        return Err(DataError::Unmatched {
+        problems.push(DataError::Unmatched {
             what: "notes without an image",
-            dir: notes_path,
+            dir: notes_path.clone(),
             count: orphans.len(),
             names: orphans,
         });
     }
 
     items.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| a.image.cmp(&b.image)));
-    Ok(SplitItems {
+    let scanned = SplitItems {
         split,
         convention,
         notes_file: notes_path,
         items,
         missing_notes,
-    })
+    };
+    Ok((scanned, problems))
 }
 
-/// Lists and pairs the files of one split: its convention and `(image, mask, key)` per pair.
-fn split_pairs(root: &Path, split: Split) -> Result<(Convention, Vec<Pair>), DataError> {
+/// Lists and pairs the files of one split: its convention, `(image, mask, key)` per pair, and
+/// the files without a partner as problems.
+fn split_pairs(
+    root: &Path,
+    split: Split,
+) -> Result<(Convention, Vec<Pair>, Vec<DataError>), DataError> {
     if !root.is_dir() {
         return Err(DataError::MissingPath {
             what: "data folder".into(),
@@ -193,8 +230,8 @@ fn split_pairs(root: &Path, split: Split) -> Result<(Convention, Vec<Pair>), Dat
     }
     let folder = SplitFolder::open(root, split)?;
     let convention = folder.convention();
-    let pairs = folder.pairs(convention)?;
-    Ok((convention, pairs))
+    let (pairs, problems) = folder.pairs(convention);
+    Ok((convention, pairs, problems))
 }
 
 /// Lists and pairs one split as [`scan_split`] does, but annotates it with `notes_file` instead
@@ -205,8 +242,18 @@ pub fn scan_split_with_notes(
     split: Split,
     notes_file: &Path,
 ) -> Result<SplitItems, DataError> {
-    let (convention, pairs) = split_pairs(root, split)?;
-    let notes = Notes::read(notes_file)?;
+    let (convention, pairs, mut problems) = split_pairs(root, split)?;
+    let (notes, notes_clean) = match Notes::read_checked(notes_file) {
+        Ok((notes, rows)) => {
+            let clean = rows.is_empty();
+            problems.extend(rows);
+            (notes, clean)
+        }
+        Err(e) => {
+            problems.push(e);
+            (Notes::default(), false)
+        }
+    };
     let mut items: Vec<Item> = pairs
         .into_iter()
         .map(|(image, mask, key)| Item {
@@ -216,7 +263,13 @@ pub fn scan_split_with_notes(
             note: String::new(),
         })
         .collect();
-    replace_notes(&mut items, &notes, split)?;
+    match replace_notes(&mut items, &notes, split) {
+        Ok(()) => {}
+        // The bad rows are missing from `notes`; "no row for image" would repeat them.
+        Err(DataError::MissingNote { .. }) if !notes_clean => {}
+        Err(e) => problems.push(e),
+    }
+    DataError::collect(problems)?;
     items.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| a.image.cmp(&b.image)));
     Ok(SplitItems {
         split,
@@ -353,8 +406,9 @@ impl SplitFolder {
         }
     }
 
-    /// `(image path, mask path, key)` for every enumerated file, or the unmatched ones as an error.
-    fn pairs(&self, convention: Convention) -> Result<Vec<Pair>, DataError> {
+    /// `(image path, mask path, key)` for every file with a partner; the files without one, in
+    /// either folder, as problems.
+    fn pairs(&self, convention: Convention) -> (Vec<Pair>, Vec<DataError>) {
         let (listed, listed_dir, others, other_dir) = match convention {
             Convention::QaTa => (&self.masks, &self.mask_dir, &self.images, &self.img_dir),
             Convention::MosMed => (&self.images, &self.img_dir, &self.masks, &self.mask_dir),
@@ -389,8 +443,9 @@ impl SplitFolder {
             Convention::QaTa => ("masks without an image", "images without a mask"),
             Convention::MosMed => ("images without a mask", "masks without an image"),
         };
+        let mut problems = Vec::new();
         if !unmatched.is_empty() {
-            return Err(DataError::Unmatched {
+            problems.push(DataError::Unmatched {
                 what: listed_what,
                 dir: listed_dir.clone(),
                 count: unmatched.len(),
@@ -404,14 +459,14 @@ impl SplitFolder {
             .map(|(name, _)| name.clone())
             .collect();
         if !leftovers.is_empty() {
-            return Err(DataError::Unmatched {
+            problems.push(DataError::Unmatched {
                 what: other_what,
                 dir: other_dir.clone(),
                 count: leftovers.len(),
                 names: leftovers,
             });
         }
-        Ok(pairs)
+        (pairs, problems)
     }
 }
 

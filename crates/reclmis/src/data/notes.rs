@@ -6,7 +6,6 @@
 //! (docs §4.3), not to reading.
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use calamine::{Data, Reader};
@@ -40,6 +39,15 @@ impl Notes {
     /// `jsonl`/`ndjson`). Rows with both cells empty are skipped; a duplicate key is accepted
     /// when its note is the same and rejected otherwise.
     pub fn read(path: &Path) -> Result<Notes, DataError> {
+        let (notes, problems) = Notes::read_checked(path)?;
+        DataError::collect(problems)?;
+        Ok(notes)
+    }
+
+    /// Reads `path` as [`Notes::read`] does, but past its bad rows: the notes of the good rows
+    /// and a problem (file and row) for every bad one. The error is for a file that cannot be
+    /// read at all (missing, unknown format, damaged, no `Image`/`Description` column).
+    pub fn read_checked(path: &Path) -> Result<(Notes, Vec<DataError>), DataError> {
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
@@ -62,10 +70,13 @@ impl Notes {
             path: path.to_path_buf(),
             ..Notes::default()
         };
+        let mut problems = Vec::new();
         for row in rows {
-            notes.insert(row)?;
+            if let Err(e) = row.and_then(|row| notes.insert(row)) {
+                problems.push(e);
+            }
         }
-        Ok(notes)
+        Ok((notes, problems))
     }
 
     /// The note for `key`: an exact match first, else one that differs only in case.
@@ -181,7 +192,10 @@ fn find_columns(
     Ok((find(KEY_COLUMN)?, find(NOTE_COLUMN)?))
 }
 
-fn read_spreadsheet(path: &Path) -> Result<Vec<RawRow>, DataError> {
+/// The rows of a notes file: a row that cannot be read is its own error, the others go on.
+type Rows = Vec<Result<RawRow, DataError>>;
+
+fn read_spreadsheet(path: &Path) -> Result<Rows, DataError> {
     let unreadable = |reason: String| DataError::NotesFile {
         path: path.to_path_buf(),
         reason,
@@ -219,16 +233,18 @@ fn read_spreadsheet(path: &Path) -> Result<Vec<RawRow>, DataError> {
     };
     Ok(rows
         .enumerate()
-        .map(|(i, cells)| RawRow {
-            // The header is spreadsheet row `first_row + 1`; data start one below it.
-            row: first_row + i + 2,
-            key: cell(cells, key_col),
-            note: cell(cells, note_col),
+        .map(|(i, cells)| {
+            Ok(RawRow {
+                // The header is spreadsheet row `first_row + 1`; data start one below it.
+                row: first_row + i + 2,
+                key: cell(cells, key_col),
+                note: cell(cells, note_col),
+            })
         })
         .collect())
 }
 
-fn read_csv(path: &Path) -> Result<Vec<RawRow>, DataError> {
+fn read_csv(path: &Path) -> Result<Rows, DataError> {
     let bytes = std::fs::read(path).map_err(|source| DataError::Io {
         what: "notes file",
         path: path.to_path_buf(),
@@ -241,15 +257,20 @@ fn read_csv(path: &Path) -> Result<Vec<RawRow>, DataError> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .from_reader(bytes.as_slice());
+    // Byte records, so that a cell in another encoding is its row's problem, not the file's.
     let header: Vec<String> = reader
-        .headers()
+        .byte_headers()
         .map_err(unreadable)?
         .iter()
-        .map(|h| h.trim_start_matches('\u{feff}').to_string())
+        .map(|h| {
+            String::from_utf8_lossy(h)
+                .trim_start_matches('\u{feff}')
+                .to_string()
+        })
         .collect();
     let (key_col, note_col) = find_columns(path, None, &header)?;
     let mut rows = Vec::new();
-    for record in reader.records() {
+    for record in reader.byte_records() {
         let record = record.map_err(unreadable)?;
         // The reader's line count and offset include the blank lines it skips before a record;
         // step over them and count the newlines before the record itself.
@@ -261,65 +282,82 @@ fn read_csv(path: &Path) -> Result<Vec<RawRow>, DataError> {
             .iter()
             .filter(|&&b| b == b'\n')
             .count();
-        let cell = |col: usize| match record.get(col) {
-            Some(s) if !s.is_empty() => Cell::Text(s.to_string()),
-            _ => Cell::Empty,
+        let cell = |col: usize, name: &str| match record.get(col) {
+            Some(b) if !b.is_empty() => std::str::from_utf8(b)
+                .map(|s| Cell::Text(s.to_string()))
+                .map_err(|_| DataError::BadRow {
+                    path: path.to_path_buf(),
+                    row,
+                    reason: format!(
+                        "the `{name}` cell is not UTF-8 text (save the notes file as UTF-8)"
+                    ),
+                }),
+            _ => Ok(Cell::Empty),
         };
-        rows.push(RawRow {
-            row,
-            key: cell(key_col),
-            note: cell(note_col),
-        });
+        rows.push(
+            cell(key_col, KEY_COLUMN)
+                .and_then(|key| Ok((key, cell(note_col, NOTE_COLUMN)?)))
+                .map(|(key, note)| RawRow { row, key, note }),
+        );
     }
     Ok(rows)
 }
 
-fn read_jsonl(path: &Path) -> Result<Vec<RawRow>, DataError> {
-    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+fn read_jsonl(path: &Path) -> Result<Rows, DataError> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
         what: "notes file",
         path: path.to_path_buf(),
         source,
     })?;
     let mut rows = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let row = i + 1;
         let bad_row = |reason: String| DataError::BadRow {
             path: path.to_path_buf(),
             row,
             reason,
         };
-        let line = line.map_err(|e| bad_row(format!("unreadable line: {e}")))?;
-        let line = line.trim_start_matches('\u{feff}');
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| bad_row(format!("invalid JSON: {e}")))?;
-        let object = value
-            .as_object()
-            .ok_or_else(|| bad_row("expected a JSON object per line".into()))?;
-        let fields: Vec<String> = object.keys().cloned().collect();
-        let (key_col, note_col) = find_columns(path, None, &fields).map_err(|e| match e {
-            DataError::MissingColumn { column, found, .. } => bad_row(format!(
-                "no `{column}` field; fields found: {}",
-                if found.is_empty() {
-                    "none".into()
-                } else {
-                    found.join(", ")
-                }
-            )),
-            other => other,
-        })?;
-        let cell = |name: &str| match &object[name] {
-            serde_json::Value::String(s) if !s.is_empty() => Cell::Text(s.clone()),
-            serde_json::Value::String(_) | serde_json::Value::Null => Cell::Empty,
-            other => Cell::Other(other.to_string()),
+        let parse = || -> Result<Option<RawRow>, DataError> {
+            let line = std::str::from_utf8(line).map_err(|_| {
+                bad_row("the line is not UTF-8 text (save the notes file as UTF-8)".into())
+            })?;
+            let line = line.trim_start_matches('\u{feff}');
+            if line.trim().is_empty() {
+                return Ok(None);
+            }
+            let value: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| bad_row(format!("invalid JSON: {e}")))?;
+            let object = value
+                .as_object()
+                .ok_or_else(|| bad_row("expected a JSON object per line".into()))?;
+            let fields: Vec<String> = object.keys().cloned().collect();
+            let (key_col, note_col) = find_columns(path, None, &fields).map_err(|e| match e {
+                DataError::MissingColumn { column, found, .. } => bad_row(format!(
+                    "no `{column}` field; fields found: {}",
+                    if found.is_empty() {
+                        "none".into()
+                    } else {
+                        found.join(", ")
+                    }
+                )),
+                other => other,
+            })?;
+            let cell = |name: &str| match &object[name] {
+                serde_json::Value::String(s) if !s.is_empty() => Cell::Text(s.clone()),
+                serde_json::Value::String(_) | serde_json::Value::Null => Cell::Empty,
+                other => Cell::Other(other.to_string()),
+            };
+            Ok(Some(RawRow {
+                row,
+                key: cell(&fields[key_col]),
+                note: cell(&fields[note_col]),
+            }))
         };
-        rows.push(RawRow {
-            row,
-            key: cell(&fields[key_col]),
-            note: cell(&fields[note_col]),
-        });
+        match parse() {
+            Ok(Some(r)) => rows.push(Ok(r)),
+            Ok(None) => {}
+            Err(e) => rows.push(Err(e)),
+        }
     }
     Ok(rows)
 }

@@ -253,3 +253,67 @@ fn only_inference_only_files_may_lack_training_tensors() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn headers_claiming_a_trillion_elements_are_refused_before_allocating() {
+    let dir = scratch("huge");
+    let t0 = std::time::Instant::now();
+    let good = dir.join("good.safetensors");
+    let model = RecLMIS::new(&small(), 1, &Device::flex());
+    save(
+        &good,
+        &model,
+        &TrainState::default(),
+        SaveOptions::default(),
+    )
+    .expect("saves");
+    let bytes = std::fs::read(&good).expect("reads");
+    let (_, header) = SafeTensors::read_metadata(&bytes).expect("our header");
+    let meta = serde_json::to_value(header.metadata()).expect("metadata as JSON");
+    // A safetensors file: header length, JSON header, data.
+    let file = |name: &str, header_len: Option<u64>, tensor: serde_json::Value| {
+        let json = serde_json::json!({ "__metadata__": meta, "down1.w": tensor }).to_string();
+        let mut out = header_len
+            .unwrap_or(json.len() as u64)
+            .to_le_bytes()
+            .to_vec();
+        out.extend_from_slice(json.as_bytes());
+        out.extend_from_slice(&[0; 16]);
+        let path = dir.join(name);
+        std::fs::write(&path, out).expect("write");
+        path
+    };
+    let trillion = serde_json::json!([1_000_000, 1_000_000]);
+    let cases = [
+        // The shape and its byte range agree, the file is 16 bytes of data.
+        file(
+            "range.safetensors",
+            None,
+            serde_json::json!({"dtype": "F32", "shape": trillion, "data_offsets": [0, 4_000_000_000_000u64]}),
+        ),
+        // The byte range fits the file, the shape claims 10^12 elements.
+        file(
+            "shape.safetensors",
+            None,
+            serde_json::json!({"dtype": "F32", "shape": trillion, "data_offsets": [0, 16]}),
+        ),
+        // The header itself claims 10^12 bytes.
+        file(
+            "header.safetensors",
+            Some(1_000_000_000_000),
+            serde_json::json!({"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}),
+        ),
+    ];
+    for path in &cases {
+        for err in [
+            read_raw(path).err().map(|e| e.to_string()),
+            load(path, &Device::flex()).err().map(|e| e.to_string()),
+        ] {
+            let msg = err.expect("refused");
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains("is not a reclmis checkpoint"), "{msg}");
+        }
+    }
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+    std::fs::remove_dir_all(dir).expect("rm");
+}

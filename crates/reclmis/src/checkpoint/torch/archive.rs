@@ -181,6 +181,10 @@ pub(super) fn rebuild_args(args: &[Value]) -> std::result::Result<TensorSpec, Sp
     Ok(spec)
 }
 
+/// The most elements a view may repeat its storage to (stride 0): 2^26, 256 MB as float32, above
+/// any tensor of the models reclmis reads (CLIP ViT-L/14's token embedding is 38 M).
+const MAX_REPEATED_ELEMENTS: usize = 1 << 26;
+
 // ---------------------------------------------------------------------------------------------
 // The zip container
 
@@ -314,6 +318,22 @@ impl Archive {
             })?;
             if need > spec.storage_numel {
                 return Err(self.truncated(&key, &entry, need, spec.storage_numel));
+            }
+            // The storage is in the file, so a view no larger is bounded by the file's size; a
+            // view repeating it (stride 0) may claim any count, and is copied out in full.
+            if spec.numel() > spec.storage_numel.max(MAX_REPEATED_ELEMENTS) {
+                return Err(TorchError::BadTensor {
+                    path: self.path.clone(),
+                    key,
+                    reason: format!(
+                        "size {:?} claims {} elements over a storage of {}, more than the {} \
+                         reclmis copies out of a repeated view",
+                        spec.shape,
+                        spec.numel(),
+                        spec.storage_numel,
+                        MAX_REPEATED_ELEMENTS
+                    ),
+                });
             }
             views.push((key, spec, slot));
         }

@@ -42,6 +42,10 @@ impl Pk {
         self.0.push(b'J');
         self.op(&i.to_le_bytes())
     }
+    /// `LONG1` with 8 bytes: integers past `i32`.
+    fn long(&mut self, i: i64) -> &mut Self {
+        self.op(&[0x8a, 8]).op(&i.to_le_bytes())
+    }
     fn global(&mut self, module: &str, name: &str) -> &mut Self {
         self.op(format!("c{module}\n{name}\n").as_bytes())
     }
@@ -697,5 +701,82 @@ fn corrupt_inputs_are_clear_errors() {
         TorchError::UnsupportedGlobal { .. }
     ));
 
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn sizes_claiming_a_trillion_elements_are_refused_before_allocating() {
+    let dir = temp_dir("huge");
+    let t0 = std::time::Instant::now();
+    // A storage claiming 10^12 floats with 8 bytes in the file.
+    let huge_storage = dir.join("huge_storage.pth.tar");
+    let mut p = Pk::new();
+    p.op(b"}(").str("state_dict").op(b"}(").str("down1.w");
+    p.global("torch._utils", "_rebuild_tensor_v2").op(b"((");
+    p.str("storage")
+        .global("torch", "FloatStorage")
+        .str("0")
+        .str("cpu")
+        .long(1_000_000_000_000);
+    p.op(b"tQ")
+        .int(0)
+        .ints(&[1_000_000, 1_000_000])
+        .ints(&[1_000_000, 1]);
+    p.op(b"\x89")
+        .global("collections", "OrderedDict")
+        .op(b")Rt")
+        .op(b"R");
+    p.op(b"uu.");
+    write_zip(
+        &huge_storage,
+        &[
+            ("ck/data.pkl", &p.0),
+            ("ck/data/0", &f32_bytes(&[1.0, 2.0])),
+        ],
+    );
+    match read_checkpoint(&huge_storage).unwrap_err() {
+        e @ TorchError::TruncatedStorage {
+            need: 1_000_000_000_000,
+            have: 2,
+            ..
+        } => assert!(e.to_string().contains("huge_storage.pth.tar"), "{e}"),
+        e => panic!("{e}"),
+    }
+    // One float repeated (stride 0) to 10^6 × 10^6: 4 TB if copied out.
+    let repeated = dir.join("repeated.pth.tar");
+    let pkl = checkpoint_pickle(|p| {
+        p.str("down1.w")
+            .tensor("FloatStorage", "0", 1, 0, &[1_000_000, 1_000_000], &[0, 0]);
+    });
+    write_zip(
+        &repeated,
+        &[("ck/data.pkl", &pkl), ("ck/data/0", &f32_bytes(&[1.0]))],
+    );
+    match read_checkpoint(&repeated).unwrap_err() {
+        e @ TorchError::BadTensor { .. } => {
+            let msg = e.to_string();
+            assert!(msg.contains("repeated.pth.tar"), "{msg}");
+            assert!(
+                msg.contains("claims 1000000000000 elements over a storage of 1"),
+                "{msg}"
+            );
+        }
+        e => panic!("{e}"),
+    }
+    // A repeated view within the bound is still copied out.
+    let broadcast = dir.join("broadcast.pth.tar");
+    let pkl = checkpoint_pickle(|p| {
+        p.str("down1.w")
+            .tensor("FloatStorage", "0", 1, 0, &[2, 3], &[0, 0]);
+    });
+    write_zip(
+        &broadcast,
+        &[("ck/data.pkl", &pkl), ("ck/data/0", &f32_bytes(&[7.5]))],
+    );
+    let sd = read_checkpoint(&broadcast).unwrap();
+    let t = sd.get("down1.w").unwrap();
+    assert_eq!(t.shape, [2, 3]);
+    assert_eq!(t.data, [7.5; 6]);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(5));
     std::fs::remove_dir_all(dir).unwrap();
 }
