@@ -181,6 +181,7 @@ def main():
         record = {
             "cpu": cpu_model(),
             "cores": os.cpu_count(),
+            "load_average_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
             "checkpoint": os.path.basename(os.path.normpath(args.checkpoint)),
             "image_size": model["image_size"],
             "parameters": model["parameters"]["inference_with_explain"],

@@ -27,7 +27,14 @@ struct Server {
 impl Server {
     fn start(checkpoint: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_reclmis"))
-            .args(["--threads", "2", "serve", "--addr", "127.0.0.1:0", "--checkpoint"])
+            .args([
+                "--threads",
+                "2",
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--checkpoint",
+            ])
             .arg(checkpoint)
             .args(extra)
             .stdout(Stdio::piped())
@@ -121,8 +128,8 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let eol = data.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().trim(), 16)
-            .unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().trim(), 16).unwrap();
         if size == 0 {
             return out;
         }
@@ -135,8 +142,11 @@ fn get(addr: SocketAddr, path: &str) -> Reply {
     request(addr, "GET", path, "text/plain", b"")
 }
 
-/// A multipart form: `(name, filename, bytes)`; a text field has no filename.
-fn form(fields: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+/// One form field: name, file name (none for a text field), bytes.
+type Field<'a> = (&'a str, Option<&'a str>, &'a [u8]);
+
+/// A multipart form; a text field has no filename.
+fn form(fields: &[Field]) -> (String, Vec<u8>) {
     const BOUNDARY: &str = "reclmis-test-boundary-7d1f";
     let mut body = Vec::new();
     for (name, filename, bytes) in fields {
@@ -160,7 +170,7 @@ fn form(fields: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={BOUNDARY}"), body)
 }
 
-fn segment(addr: SocketAddr, fields: &[(&str, Option<&str>, &[u8])]) -> Reply {
+fn segment(addr: SocketAddr, fields: &[Field]) -> Reply {
     let (content_type, body) = form(fields);
     request(addr, "POST", "/api/segment", &content_type, &body)
 }
@@ -258,7 +268,12 @@ fn the_api_segments_like_predict_and_refuses_bad_uploads_without_stopping() {
         ("note", None, note.as_bytes()),
     ];
     let reply = segment(addr, &good);
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     let v = reply.json();
     let prob = floats(&v["prob"]);
     let probs = io_floats("probs");
@@ -269,20 +284,25 @@ fn the_api_segments_like_predict_and_refuses_bad_uploads_without_stopping() {
         .fold(0.0f32, f32::max);
     assert!(err < 1e-4, "prob differs from the authors' by {err:.3e}");
     let mask = floats(&v["mask"]);
-    assert!(mask.iter().zip(&prob).all(|(&m, &p)| m == f32::from(p > 0.5)));
+    assert!(
+        mask.iter()
+            .zip(&prob)
+            .all(|(&m, &p)| m == f32::from(p > 0.5))
+    );
     let poi: f32 = floats(&v["poi"]).iter().sum();
     assert!((poi - 1.0).abs() < 1e-3, "POI sums to {poi}");
     assert_eq!(v["grid"], 14);
     let first_word = note.split_whitespace().next().unwrap().to_lowercase();
     assert_eq!(v["woi"][0]["word"], first_word.as_str());
-    assert!(v["image"].as_str().unwrap().starts_with("data:image/png;base64,"));
+    assert!(
+        v["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,")
+    );
 
     // A higher threshold keeps a subset of the mask.
-    let strict = segment(
-        addr,
-        &[good[0], good[1], ("threshold", None, b"0.9")],
-    )
-    .json();
+    let strict = segment(addr, &[good[0], good[1], ("threshold", None, b"0.9")]).json();
     let fraction = |v: &serde_json::Value| v["mask_fraction"].as_f64().unwrap();
     let expected = prob.iter().filter(|&&p| p > 0.9).count() as f64 / (S * S) as f64;
     assert!((fraction(&strict) - expected).abs() < 1e-12);
@@ -290,9 +310,12 @@ fn the_api_segments_like_predict_and_refuses_bad_uploads_without_stopping() {
 
     // Bad uploads: a 4xx naming what is wrong, one after another.
     let truncated = &image[..image.len() / 3];
-    let cases: Vec<(Vec<(&str, Option<&str>, &[u8])>, u16, &str)> = vec![
+    let cases: Vec<(Vec<Field>, u16, &str)> = vec![
         (
-            vec![("image", Some("notes.txt"), b"not an image at all"), ("note", None, b"x")],
+            vec![
+                ("image", Some("notes.txt"), b"not an image at all"),
+                ("note", None, b"x"),
+            ],
             422,
             "notes.txt",
         ),
@@ -321,7 +344,12 @@ fn the_api_segments_like_predict_and_refuses_bad_uploads_without_stopping() {
     ];
     for (fields, status, needle) in &cases {
         let r = segment(addr, fields);
-        assert_eq!(r.status, *status, "{needle}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            *status,
+            "{needle}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert!(r.error().contains(needle), "{needle}: {}", r.error());
     }
     let zero = png_claiming(0, 0);
@@ -369,7 +397,10 @@ fn a_burst_beyond_the_queue_gets_503_and_the_rest_are_answered() {
     let busy: Vec<_> = replies.iter().filter(|(s, _)| *s == 503).collect();
     assert_eq!(ok + busy.len(), 6, "{replies:?}");
     assert!(ok >= 1, "{replies:?}");
-    assert!(busy.len() >= 3, "at most 2 fit (1 running, 1 waiting): {replies:?}");
+    assert!(
+        busy.len() >= 3,
+        "at most 2 fit (1 running, 1 waiting): {replies:?}"
+    );
     assert!(
         busy.iter()
             .all(|(_, h)| h.to_ascii_lowercase().contains("retry-after: 1"))

@@ -173,7 +173,8 @@ async fn read_form(mut multipart: Multipart) -> Result<SegmentForm, ApiError> {
     let mut note = None;
     let mut threshold = reclmis::predict::THRESHOLD;
     let mut slice = None;
-    let field_error = |e: axum::extract::multipart::MultipartError| ApiError(e.status(), e.body_text());
+    let field_error =
+        |e: axum::extract::multipart::MultipartError| ApiError(e.status(), e.body_text());
     while let Some(field) = multipart.next_field().await.map_err(field_error)? {
         let name = field.name().unwrap_or_default().to_owned();
         match name.as_str() {
@@ -211,7 +212,9 @@ async fn read_form(mut multipart: Multipart) -> Result<SegmentForm, ApiError> {
     let (image, filename) =
         image.ok_or_else(|| ApiError::bad("the form has no `image` field (the file)"))?;
     if image.is_empty() {
-        return Err(ApiError::unprocessable(format!("{filename}: the file is empty")));
+        return Err(ApiError::unprocessable(format!(
+            "{filename}: the file is empty"
+        )));
     }
     let note = note.ok_or_else(|| {
         ApiError::bad("the form has no `note` field (send an empty one for no note)")

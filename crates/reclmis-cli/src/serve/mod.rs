@@ -124,7 +124,9 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
     let summary = format!(
         "{} px, {}",
         model.cfg().image_size,
-        model_info["text_encoder"].as_str().unwrap_or("text encoder unknown")
+        model_info["text_encoder"]
+            .as_str()
+            .unwrap_or("text encoder unknown")
     );
     let state = Arc::new(AppState {
         model: Arc::new(model),
@@ -135,7 +137,10 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
     let limit = args.max_upload_mb as usize * 1024 * 1024;
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
-        .route("/page.css", get(|| asset("text/css; charset=utf-8", PAGE_CSS)))
+        .route(
+            "/page.css",
+            get(|| asset("text/css; charset=utf-8", PAGE_CSS)),
+        )
         .route(
             "/page.js",
             get(|| asset("text/javascript; charset=utf-8", PAGE_JS)),
