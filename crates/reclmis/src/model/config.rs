@@ -249,6 +249,43 @@ impl ModelConfig {
         if self.base_channels < 8 {
             return err(format!("base_channels {} < 8", self.base_channels));
         }
+        // Upper bounds far above any real model (the paper: 224 px, base 64, CLIP 12 layers),
+        // checked before anything is built, so a config read from a file cannot ask for
+        // terabytes of weights.
+        let text_sizes = match &self.text_encoder {
+            TextEncoderConfig::Clip {
+                vocab,
+                context,
+                width,
+                layers,
+                embed,
+                ..
+            } => vec![
+                ("CLIP vocab", *vocab, 1 << 20),
+                ("CLIP context", *context, 4096),
+                ("CLIP width", *width, 8192),
+                ("CLIP layers", *layers, 96),
+                ("CLIP embed", *embed, 8192),
+            ],
+            TextEncoderConfig::Builtin { width, layers, .. } => {
+                vec![("text width", *width, 8192), ("text layers", *layers, 96)]
+            }
+        };
+        for (name, value, most) in [
+            ("image_size", self.image_size, 4096),
+            ("base_channels", self.base_channels, 1024),
+            ("rec_layers", self.rec_layers, 96),
+            ("context", self.context, 4096),
+        ]
+        .into_iter()
+        .chain(text_sizes)
+        {
+            if value > most {
+                return err(format!(
+                    "{name} {value} is over the most reclmis builds ({most})"
+                ));
+            }
+        }
         let d = self.d_model();
         let (width, heads) = match &self.text_encoder {
             TextEncoderConfig::Clip {

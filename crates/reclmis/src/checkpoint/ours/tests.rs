@@ -314,6 +314,34 @@ fn headers_claiming_a_trillion_elements_are_refused_before_allocating() {
             assert!(msg.contains("is not a reclmis checkpoint"), "{msg}");
         }
     }
+    // A config claiming a model of 10^12-scale weights is refused before the model is built.
+    for (field, value) in [("base_channels", 1_000_000u64), ("image_size", 1 << 40)] {
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(meta["config"].as_str().expect("config")).expect("JSON");
+        cfg[field] = value.into();
+        let mut meta = meta.clone();
+        meta["config"] = cfg.to_string().into();
+        // As a file written without a checksum (or one rewritten with a matching one) would be.
+        meta.as_object_mut().expect("a map").remove(WEIGHTS_SHA256);
+        let mut json = serde_json::json!({ "__metadata__": meta });
+        json["down1.w"] =
+            serde_json::json!({"dtype": "F32", "shape": [4], "data_offsets": [0, 16]});
+        let json = json.to_string();
+        let mut out = (json.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(json.as_bytes());
+        out.extend_from_slice(&[0; 16]);
+        let path = dir.join(format!("{field}.safetensors"));
+        std::fs::write(&path, out).expect("write");
+        let msg = load(&path, &Device::flex())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(
+            msg.contains(&format!("{field} {value} is over the most")),
+            "{msg}"
+        );
+    }
     assert!(t0.elapsed() < std::time::Duration::from_secs(10));
     std::fs::remove_dir_all(dir).expect("rm");
 }
