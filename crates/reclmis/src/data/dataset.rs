@@ -8,7 +8,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::image::{read_bgr, read_grey};
+use super::image::{ReadOptions, read_bgr_with, read_grey_with};
 use super::layout::{LayoutOptions, Split, scan_split};
 use super::synth::{self, SynthConfig};
 use super::{DataError, layout::Item};
@@ -58,9 +58,18 @@ impl Dataset {
     }
 
     pub fn from_items(items: &[Item], size: usize) -> Result<Self, DataError> {
+        Self::from_items_with(items, size, &ReadOptions::default())
+    }
+
+    /// [`Dataset::from_items`] with the slice of DICOM and NIfTI files chosen by `read`.
+    pub fn from_items_with(
+        items: &[Item],
+        size: usize,
+        read: &ReadOptions,
+    ) -> Result<Self, DataError> {
         let loaded: Vec<(Sample, bool)> = items
             .par_iter()
-            .map(|it| load_item(it, size))
+            .map(|it| load_item(it, size, read))
             .collect::<Result<_, _>>()?;
         let size_mismatches = loaded.iter().filter(|(_, m)| *m).count();
         let samples: Vec<Sample> = loaded.into_iter().map(|(s, _)| s).collect();
@@ -104,9 +113,9 @@ impl Dataset {
     }
 }
 
-fn load_item(it: &Item, size: usize) -> Result<(Sample, bool), DataError> {
-    let img = read_bgr(&it.image)?;
-    let mask = read_grey(&it.mask)?;
+fn load_item(it: &Item, size: usize, read: &ReadOptions) -> Result<(Sample, bool), DataError> {
+    let img = read_bgr_with(&it.image, read)?;
+    let mask = read_grey_with(&it.mask, read)?;
     let mismatch = (img.width, img.height) != (mask.width, mask.height);
     let img = img.resized(size, size);
     let mask = mask.resized(size, size);
