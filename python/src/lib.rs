@@ -387,6 +387,7 @@ fn evaluate<'py>(
         notes_as,
         seed,
         allow_missing_notes,
+        read: Default::default(),
     };
     let out = py.detach(|| app::evaluate_split(&req)).map_err(py_err)?;
     let mut v = serde_json::to_value(&out.summary).expect("a summary serialises");

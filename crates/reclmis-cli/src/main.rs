@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reclmis::Error;
 use reclmis::checkpoint::import::ImportError;
 use reclmis::checkpoint::ours::{self, SaveOptions};
-use reclmis::data::image::read_bgr;
+use reclmis::data::image::{ReadOptions, read_bgr_with};
 use reclmis::data::{DataError, LISTED_PROBLEMS};
 use reclmis::inspect::{Inspection, inspect_checkpoint, inspect_config, thousands};
 use reclmis::model::{ModelConfig, Preset};
@@ -109,13 +109,13 @@ struct PredictArgs {
     /// Our checkpoint (`reclmis import` makes one from the authors' .pth.tar)
     #[arg(long, value_name = "FILE")]
     checkpoint: PathBuf,
-    /// One image (PNG, JPEG, BMP, TIFF)
+    /// One image (PNG, JPEG, BMP, TIFF, DICOM, NIfTI .nii/.nii.gz)
     #[arg(long, value_name = "FILE", requires = "text")]
     image: Option<PathBuf>,
     /// The clinical note of --image
     #[arg(long, value_name = "NOTE", requires = "image")]
     text: Option<String>,
-    /// A folder of images; outputs go to one subfolder per image
+    /// A folder of images (the formats of --image); outputs go to one subfolder per image
     #[arg(long, value_name = "DIR", requires = "notes")]
     images: Option<PathBuf>,
     /// Notes of --images (.xlsx, .csv or .jsonl with `Image` and `Description`); keys match
@@ -125,6 +125,10 @@ struct PredictArgs {
     /// Use the empty note for images of --images that have none (default: an error)
     #[arg(long, requires = "images")]
     allow_missing_notes: bool,
+    /// The slice of a NIfTI volume (third axis) or frame of a DICOM to read, from 0 (default:
+    /// the middle one)
+    #[arg(long, value_name = "N")]
+    slice: Option<usize>,
     /// Output folder
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -318,7 +322,8 @@ fn run_predict(args: PredictArgs) -> Result<()> {
 
 fn predict_single(args: &PredictArgs, image: &Path, text: &str) -> Result<()> {
     // Inputs first, so a bad image fails before the model is loaded.
-    let img = read_bgr(image).map_err(Error::from)?;
+    let read = ReadOptions { slice: args.slice };
+    let img = read_bgr_with(image, &read).map_err(Error::from)?;
     create_dir(&args.out)?;
     let loaded = load_checkpoint(&args.checkpoint)?;
     let s = loaded.model.cfg.image_size;
@@ -410,6 +415,7 @@ fn warn_truncated(cfg: &ModelConfig, cut: &[Vec<String>]) {
 fn predict_many(args: &PredictArgs, images: &Path, notes: &Path) -> Result<()> {
     let opts = FolderOptions {
         allow_missing_notes: args.allow_missing_notes,
+        read: ReadOptions { slice: args.slice },
     };
     // Notes and names are checked before the model is loaded.
     let plan = predict::plan_folder(images, notes, &args.out, &opts)?;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use reclmis::data::ReadOptions;
 use reclmis::data::dataset::Augment;
 use reclmis::data::layout::Split;
 use reclmis::data::synth::{SynthConfig, write_lvit};
@@ -179,6 +180,10 @@ pub struct EvaluateArgs {
     /// row must be an image of the split. --text shuffled/empty apply on top
     #[arg(long, value_name = "FILE", conflicts_with = "allow_missing_notes")]
     pub notes: Option<PathBuf>,
+    /// The slice of NIfTI images and masks (third axis) or frame of DICOM ones, from 0
+    /// (default: the middle one)
+    #[arg(long, value_name = "N")]
+    pub slice: Option<usize>,
 }
 
 #[derive(Args)]
@@ -467,6 +472,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         }),
         seed: args.seed,
         allow_missing_notes: args.allow_missing_notes,
+        read: ReadOptions { slice: args.slice },
     };
     let out = app::evaluate_split(&req)?;
     let (s, ckpt, cfg) = (&out.summary, &out.checkpoint, &out.cfg);

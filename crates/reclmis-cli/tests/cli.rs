@@ -1022,3 +1022,142 @@ fn sixteen_bit_rgba_and_other_size_masks_load_as_imread_does() {
     );
     assert!(tmp.join("run/best.safetensors").exists());
 }
+
+/// The grey PNG at `png` as a DICOM whose window (center 127.5, width 255) gives its values
+/// back exactly.
+fn png_as_dicom(png: &Path) -> Vec<u8> {
+    use reclmis::data::medical::write::DicomImage;
+    let grey = read_grey(png).unwrap();
+    let values = grey.data.iter().map(|&g| u16::from(g)).collect();
+    let mut img = DicomImage::grey(grey.height as u16, grey.width as u16, values);
+    img.window = Some((127.5, 255.0));
+    img.to_bytes().unwrap()
+}
+
+/// The grey PNG at `png` as the middle slice of a 3-slice NIfTI volume (rows stored bottom up,
+/// so the reader's flip gives them back top down); the other slices are 0. Its values come back
+/// exactly where the image holds both 0 and 255 (the min–max window).
+fn png_as_nifti(png: &Path, out: &Path) {
+    use reclmis::data::medical::write::{NiftiData, NiftiVolume};
+    let grey = read_grey(png).unwrap();
+    let (w, h) = (grey.width, grey.height);
+    let mut values = vec![0u8; 3 * w * h];
+    for (row, line) in grey.data.chunks_exact(w).enumerate() {
+        let y = h - 1 - row;
+        values[w * h + y * w..w * h + (y + 1) * w].copy_from_slice(line);
+    }
+    let volume = NiftiVolume {
+        dims: vec![w as u16, h as u16, 3],
+        data: NiftiData::U8(values),
+        scaling: (0.0, 0.0),
+    };
+    volume.write(out).unwrap();
+}
+
+#[test]
+fn predict_and_evaluate_read_dicom_and_nifti() {
+    let tmp = TempDir::new("medical");
+    let (data, run, keys) = tiny_data_and_run(&tmp);
+    let ckpt = run.join("best.safetensors");
+    let img_dir = data.join("Test_Folder/img");
+    let image = |key: &str| img_dir.join(key.replace("mask_", ""));
+    let evaluate = |extra: &[&str]| {
+        let csv = tmp.join("eval.csv");
+        let mut args = vec!["--threads", "2", "evaluate", "--checkpoint"];
+        args.extend([
+            path_str(&run),
+            "--data",
+            path_str(&data),
+            "--csv",
+            path_str(&csv),
+        ]);
+        args.extend_from_slice(extra);
+        reclmis(args)
+    };
+    let dice = |out: &Output| -> f64 {
+        let v: serde_json::Value = serde_json::from_str(&succeeds(out)).unwrap();
+        assert_eq!(v["n"], 2, "{v}");
+        v["dice"].as_f64().unwrap()
+    };
+    // Each test image gets a black and a white pixel, so NIfTI's min–max window is the identity.
+    for key in &keys {
+        let mut grey = read_grey(&image(key)).unwrap();
+        grey.data[0] = 0;
+        grey.data[1] = 255;
+        reclmis::report::write_png(&image(key), grey.width, grey.height, 1, &grey.data).unwrap();
+    }
+    let png_dice = dice(&evaluate(&["--json"]));
+
+    // predict on a DICOM equal to the PNG: the same probabilities, mask.png at model size.
+    let png = image(&keys[0]);
+    let dcm = tmp.join("one.dcm");
+    std::fs::write(&dcm, png_as_dicom(&png)).unwrap();
+    let predict = |img: &Path, out: &Path, extra: &[&str]| {
+        let mut args = vec!["predict", "--checkpoint", path_str(&ckpt), "--image"];
+        args.extend([
+            path_str(img),
+            "--text",
+            "left lung.",
+            "--out",
+            path_str(out),
+        ]);
+        args.extend_from_slice(extra);
+        reclmis(args)
+    };
+    let (from_png, from_dcm) = (tmp.join("p-png"), tmp.join("p-dcm"));
+    succeeds(&predict(&png, &from_png, &[]));
+    succeeds(&predict(&dcm, &from_dcm, &[]));
+    let mask = read_grey(&from_dcm.join("mask.png")).unwrap();
+    assert_eq!((mask.width, mask.height), (32, 32));
+    let png_prob = read_npy(&from_png.join("prob.npy"), 32, 32);
+    assert!(read_npy(&from_dcm.join("prob.npy"), 32, 32) == png_prob);
+
+    // predict on a NIfTI volume: the middle slice by default, another with --slice.
+    let nii = tmp.join("one.nii.gz");
+    png_as_nifti(&png, &nii);
+    let (mid, first) = (tmp.join("p-nii"), tmp.join("p-nii-0"));
+    succeeds(&predict(&nii, &mid, &[]));
+    succeeds(&predict(&nii, &first, &["--slice", "0"]));
+    assert!(read_npy(&mid.join("prob.npy"), 32, 32) == png_prob);
+    assert!(read_grey(&first.join("mask.png")).is_ok());
+    let err = bad_input(
+        &predict(&nii, &tmp.join("p-bad"), &["--slice", "3"]),
+        "one.nii.gz",
+    );
+    assert!(
+        err.contains("slice 3 is out of range: the file has 3 (0..=2)"),
+        "{err}"
+    );
+
+    // evaluate on the split with its images as DICOM: the PNG's Dice exactly.
+    for key in &keys {
+        let png = image(key);
+        std::fs::write(png.with_extension("dcm"), png_as_dicom(&png)).unwrap();
+    }
+    let pngs: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|k| std::fs::read(image(k)).unwrap())
+        .collect();
+    for key in &keys {
+        std::fs::remove_file(image(key)).unwrap();
+    }
+    assert_eq!(dice(&evaluate(&["--json"])), png_dice);
+
+    // ... and as NIfTI (.nii.gz): the same again; the text output prints the Dice.
+    for (key, bytes) in keys.iter().zip(&pngs) {
+        let png = image(key);
+        std::fs::remove_file(png.with_extension("dcm")).unwrap();
+        std::fs::write(&png, bytes).unwrap();
+        png_as_nifti(&png, &png.with_extension("nii.gz"));
+        std::fs::remove_file(&png).unwrap();
+    }
+    assert_eq!(dice(&evaluate(&["--json", "--slice", "1"])), png_dice);
+    let out = succeeds(&evaluate(&[]));
+    assert!(
+        out.contains("Dice") && out.contains("per-image mean (LViT)"),
+        "{out}"
+    );
+    // Either image may be the one reported (they load in parallel).
+    let err = bad_input(&evaluate(&["--slice", "7"]), ".nii.gz");
+    assert!(err.contains("slice 7 is out of range"), "{err}");
+}

@@ -366,6 +366,85 @@ fn the_api_segments_like_predict_and_refuses_bad_uploads_without_stopping() {
     let r = request(addr, "POST", "/api/segment", "text/plain", b"hello");
     assert!((400..500).contains(&r.status), "{}", r.status);
 
+    // DICOM and NIfTI uploads: the parity image as a DICOM whose window gives its grey levels
+    // back, and as slice 1 of a 3-slice NIfTI volume (rows stored bottom up), segment as the PNG
+    // does; a DICOM in a transfer syntax reclmis does not decode (JPEG 2000) is refused, named.
+    use reclmis::data::image::read_grey;
+    use reclmis::data::medical::write::{DicomImage, NiftiData, NiftiVolume};
+    let grey_path = std::env::temp_dir().join(format!("reclmis-serve-{}.png", std::process::id()));
+    std::fs::write(&grey_path, &image).unwrap();
+    let grey = read_grey(&grey_path).unwrap();
+    std::fs::remove_file(&grey_path).unwrap();
+    let is_grey = {
+        let bgr = reclmis::data::image::read_bgr_bytes(&name, &image, &Default::default()).unwrap();
+        bgr.data.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2])
+    };
+    assert!(
+        is_grey,
+        "the parity image is grey, so its DICOM copy is exact"
+    );
+    let (h, w) = (grey.height, grey.width);
+    let mut dicom = DicomImage::grey(
+        h as u16,
+        w as u16,
+        grey.data.iter().map(|&g| u16::from(g)).collect(),
+    );
+    dicom.window = Some((127.5, 255.0));
+    let dicom_bytes = dicom.to_bytes().unwrap();
+    let mut slices = vec![0u8; 3 * h * w];
+    for y in 0..h {
+        // NIfTI rows run bottom up: stored row y is image row h-1-y.
+        slices[h * w + y * w..h * w + (y + 1) * w]
+            .copy_from_slice(&grey.data[(h - 1 - y) * w..(h - y) * w]);
+    }
+    let nifti_bytes = NiftiVolume {
+        dims: vec![w as u16, h as u16, 3],
+        data: NiftiData::U8(slices),
+        scaling: (0.0, 0.0),
+    }
+    .to_bytes();
+    for (file, bytes, slice) in [
+        ("scan.dcm", &dicom_bytes, None),
+        ("scan.nii", &nifti_bytes, Some(b"1".as_slice())),
+    ] {
+        let mut fields = vec![("image", Some(file), bytes.as_slice()), good[1]];
+        fields.extend(slice.map(|s| ("slice", None, s)));
+        let r = segment(addr, &fields);
+        assert_eq!(
+            r.status,
+            200,
+            "{file}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let got = floats(&r.json()["prob"]);
+        assert_eq!(got.len(), S * S, "{file}");
+        // The DICOM's window gives the grey levels back exactly; NIfTI has no window, so its
+        // slice is stretched min–max (README "DICOM and NIfTI") and differs unless the image spans 0–255.
+        if file.ends_with(".dcm") {
+            let differ = got.iter().zip(&prob).filter(|(a, b)| a != b).count();
+            assert_eq!(differ, 0, "{file} segments as the PNG does");
+        }
+    }
+    let r = segment(
+        addr,
+        &[
+            ("image", Some("scan.nii"), &nifti_bytes),
+            good[1],
+            ("slice", None, b"3"),
+        ],
+    );
+    assert_eq!(r.status, 422, "{}", r.error());
+    assert!(r.error().contains("scan.nii"), "{}", r.error());
+    dicom.transfer_syntax = "1.2.840.10008.1.2.4.90".into();
+    let jpeg2000 = dicom.to_bytes().unwrap();
+    let r = segment(addr, &[("image", Some("jp2.dcm"), &jpeg2000), good[1]]);
+    assert_eq!(r.status, 422, "{}", r.error());
+    assert!(
+        r.error().contains("jp2.dcm") && r.error().contains("1.2.840.10008.1.2.4.90"),
+        "{}",
+        r.error()
+    );
+
     // Still serving, with the same answer.
     let again = segment(addr, &good).json();
     assert_eq!(floats(&again["prob"]), prob);

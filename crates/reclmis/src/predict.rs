@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::Error;
 use crate::data::image::hwc_to_chw_unit;
-use crate::data::image::read_bgr;
+use crate::data::image::{ReadOptions, read_bgr, read_bgr_with};
+use crate::data::medical::medical_stem;
 use crate::data::{DataError, ImageU8, Notes};
 use crate::finding::{Reading, parse};
 use crate::model::{Branches, RecLMIS, TokenBatch, to_vec};
@@ -20,7 +21,8 @@ use crate::tokenizer::{EOT, SOT, Tokenizer, pad_note};
 /// Probability above which a pixel is foreground (the authors' test threshold, §5).
 pub const THRESHOLD: f32 = 0.5;
 
-/// Extensions `predict --images` picks up (case-insensitive).
+/// Extensions `predict --images` picks up (case-insensitive), besides DICOM and NIfTI ones
+/// (`.dcm`, `.nii`, `.nii.gz`).
 const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 
 /// One word of the note as the model read it, with the WOI weight of its tokens.
@@ -267,12 +269,16 @@ pub struct FolderResult {
 pub struct FolderOptions {
     /// Predict images without a note with the empty note instead of failing.
     pub allow_missing_notes: bool,
+    /// The slice of each DICOM or NIfTI image.
+    pub read: ReadOptions,
 }
 
-/// The images of `images_dir` (PNG, JPEG, BMP, TIFF; sorted by name), each with its note and
-/// output folder `out_dir/<file stem>` (the full file name where two images share a stem).
-/// A note's key matches the image's file name or `mask_` + the file name, ignoring case (QaTa
-/// keys notes by mask name). Images without a note are an error naming them, unless allowed.
+/// The images of `images_dir` (PNG, JPEG, BMP, TIFF, DICOM, NIfTI; sorted by name), each with
+/// its note and output folder `out_dir/<file stem>` (the full file name where two images share a
+/// stem; `x.nii.gz` has the stem `x`). A note's key matches the image's file name or `mask_` +
+/// the file name, ignoring case (QaTa keys notes by mask name); a DICOM or NIfTI image `x.*` also
+/// matches the mask names `x.png` and `mask_x.png`. Images without a note are an error naming
+/// them, unless allowed.
 pub fn plan_folder(
     images_dir: &Path,
     notes_file: &Path,
@@ -282,16 +288,24 @@ pub fn plan_folder(
     let notes = Notes::read(notes_file)?;
     let names = list_images(images_dir)?;
     let stem = |n: &str| {
-        Path::new(n)
-            .file_stem()
-            .map_or_else(|| n.to_owned(), |s| s.to_string_lossy().into_owned())
+        medical_stem(n).map_or_else(
+            || {
+                Path::new(n)
+                    .file_stem()
+                    .map_or_else(|| n.to_owned(), |s| s.to_string_lossy().into_owned())
+            },
+            str::to_owned,
+        )
     };
     let mut items = Vec::with_capacity(names.len());
     let mut unmatched = Vec::new();
     for name in &names {
+        let mask_png = medical_stem(name).map(|s| format!("{s}.png"));
         let note = notes
             .get(name)
-            .or_else(|| notes.get(&format!("mask_{name}")));
+            .or_else(|| notes.get(&format!("mask_{name}")))
+            .or_else(|| mask_png.as_ref().and_then(|m| notes.get(m)))
+            .or_else(|| mask_png.and_then(|m| notes.get(&format!("mask_{m}"))));
         if note.is_none() && !opts.allow_missing_notes {
             unmatched.push(name.clone());
             continue;
@@ -335,12 +349,12 @@ pub fn predict_folder(
     let items = plan_folder(images_dir, notes_file, out_dir, opts)?;
     items
         .par_iter()
-        .try_for_each(|item| read_bgr(&item.image).map(drop))?;
+        .try_for_each(|item| read_bgr_with(&item.image, &opts.read).map(drop))?;
     let model = model.valid();
     let mut results = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let s = model.cfg().image_size;
-        let img = read_bgr(&item.image)?.resized(s, s);
+        let img = read_bgr_with(&item.image, &opts.read)?.resized(s, s);
         let pred = predict_image(&model, &img, &item.note);
         write_prediction(&item.out_dir, &pred, &img)?;
         on_item(i, &item, &pred);
@@ -375,13 +389,14 @@ fn list_images(dir: &Path) -> Result<Vec<String>, DataError> {
             .map(|e| e.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default();
         let is_file = entry.file_type().map(|t| !t.is_dir()).unwrap_or(false);
-        if is_file && !name.starts_with('.') && IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+        let known = IMAGE_EXTENSIONS.contains(&ext.as_str()) || medical_stem(&name).is_some();
+        if is_file && !name.starts_with('.') && known {
             names.push(name);
         }
     }
     if names.is_empty() {
         return Err(DataError::MissingPath {
-            what: "images (PNG, JPEG, BMP or TIFF)".into(),
+            what: "images (PNG, JPEG, BMP, TIFF, DICOM or NIfTI)".into(),
             path: dir.to_path_buf(),
         });
     }

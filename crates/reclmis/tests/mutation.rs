@@ -3,7 +3,8 @@
 //! replays (the variant's seed and mutation are in the message).
 //!
 //! Readers: the authors' `torch.save` archive, OpenAI's TorchScript CLIP, Hugging Face CLIP
-//! safetensors, our own checkpoint, xlsx and csv notes, PNG images (colour and grey), and the
+//! safetensors, our own checkpoint, xlsx and csv notes, PNG images (colour and grey), DICOM and
+//! NIfTI (`.nii`, `.nii.gz`) files made from a real image (from disk and from memory), and the
 //! tokenizer on the mutated bytes read as text.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +16,8 @@ use burn::tensor::Device;
 use reclmis::checkpoint::ours::{self, SaveOptions, TrainState};
 use reclmis::checkpoint::torch;
 use reclmis::data::Notes;
-use reclmis::data::image::{load_image, load_mask};
+use reclmis::data::image::{ReadOptions, load_image, load_mask, read_bgr_bytes, read_grey};
+use reclmis::data::medical::write::{DicomImage, NiftiData, NiftiVolume, gzip};
 use reclmis::model::{ModelConfig, RecLMIS};
 use reclmis::rng::SplitMix64;
 use reclmis::tokenizer::Tokenizer;
@@ -200,4 +202,64 @@ fn the_image_readers() {
         assert_eq!(a.is_some(), b.is_some(), "image and mask readers disagree");
         a
     });
+}
+
+/// The first QaTa test image as 8-bit grey, `(width, height, values)`.
+fn real_grey() -> (u16, u16, Vec<u8>) {
+    let img = shared().join("data/qata-cov19/Test_Folder/img");
+    let first = std::fs::read_dir(&img)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .min()
+        .unwrap();
+    let grey = read_grey(&first).unwrap();
+    (grey.width as u16, grey.height as u16, grey.data)
+}
+
+/// A medical reader fed the variants: from disk as an image and as a mask, and from memory.
+fn medical_reader(name: &'static str) -> impl Fn(&Path) -> Option<String> + Send + Sync {
+    move |p| {
+        let a = err(load_image(p, 32));
+        let b = err(load_mask(p, 32));
+        assert_eq!(a.is_some(), b.is_some(), "image and mask readers disagree");
+        let bytes = std::fs::read(p).unwrap();
+        let c = err(read_bgr_bytes(name, &bytes, &ReadOptions::default()));
+        assert_eq!(a.is_some(), c.is_some(), "file and memory readers disagree");
+        if let Some(msg) = &c {
+            assert!(
+                msg.contains(name),
+                "the memory reader names the file: {msg}"
+            );
+        }
+        a
+    }
+}
+
+#[test]
+fn the_dicom_reader() {
+    // Two frames of CT-like values: stored = grey · 4 + 24, HU = stored − 1024, a window.
+    let (w, h, grey) = real_grey();
+    let frame: Vec<u16> = grey.iter().map(|&g| u16::from(g) * 4 + 24).collect();
+    let mut img = DicomImage::grey(h, w, [frame.clone(), frame].concat());
+    img.modality = "CT".into();
+    img.rescale = Some((1.0, -1024.0));
+    img.window = Some((-600.0, 1500.0));
+    let seed = img.to_bytes().unwrap();
+    fuzz("image.dcm", &seed, medical_reader("image.dcm"));
+}
+
+#[test]
+fn the_nifti_readers() {
+    // Three slices, int16 with scaling.
+    let (w, h, grey) = real_grey();
+    let slice: Vec<i16> = grey.iter().map(|&g| i16::from(g) * 3).collect();
+    let volume = NiftiVolume {
+        dims: vec![w, h, 3],
+        data: NiftiData::I16([slice.clone(), slice.clone(), slice].concat()),
+        scaling: (2.0, -1000.0),
+    };
+    let nii = volume.to_bytes();
+    fuzz("image.nii", &nii, medical_reader("image.nii"));
+    fuzz("image.nii.gz", &gzip(&nii), medical_reader("image.nii.gz"));
 }

@@ -15,6 +15,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use reclmis::data::ImageU8;
+use reclmis::data::image::{ReadOptions, read_bgr_bytes};
 use reclmis::data::synth::{self, SynthConfig};
 use reclmis::inspect::table;
 use reclmis::model::RecLMIS;
@@ -293,23 +294,4 @@ fn data_url(png: &[u8]) -> String {
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(png)
     )
-}
-
-// Stand-in until the byte-level reader lands: the upload goes through a temporary file.
-#[derive(Default)]
-struct ReadOptions {
-    #[allow(dead_code)]
-    slice: Option<usize>,
-}
-
-fn read_bgr_bytes(
-    name: &str,
-    bytes: &[u8],
-    _opts: &ReadOptions,
-) -> Result<ImageU8, reclmis::data::DataError> {
-    let tmp = std::env::temp_dir().join(format!("reclmis-upload-{}-{name}", std::process::id()));
-    std::fs::write(&tmp, bytes).unwrap();
-    let r = reclmis::data::image::read_bgr(&tmp);
-    let _ = std::fs::remove_file(&tmp);
-    r
 }

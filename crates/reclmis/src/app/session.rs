@@ -10,9 +10,9 @@ use crate::Error;
 use crate::checkpoint::import::import_authors_checkpoint;
 use crate::checkpoint::ours;
 use crate::checkpoint::torch::{Format, sniff};
-use crate::data::DataError;
 use crate::data::dataset::Dataset;
 use crate::data::layout::{LayoutOptions, Split, scan_split_with_notes, survey_split};
+use crate::data::{DataError, ReadOptions};
 use crate::eval::{EvalSummary, TextMode, evaluate};
 use crate::model::{ModelConfig, RecLMIS};
 use crate::report::curves::write_curves;
@@ -128,6 +128,8 @@ pub struct EvalRequest {
     pub notes_as: Option<NotesAs>,
     pub seed: u64,
     pub allow_missing_notes: bool,
+    /// The slice of DICOM and NIfTI images and masks.
+    pub read: ReadOptions,
 }
 
 /// A finished evaluation.
@@ -168,7 +170,7 @@ pub fn evaluate_split(req: &EvalRequest) -> Result<EvalOutcome, Error> {
     if let Some(how) = req.notes_as {
         model.cfg.notes.canonical = how == NotesAs::Canonical;
     }
-    let data = Dataset::from_items(&scanned.items, model.cfg.image_size)?;
+    let data = Dataset::from_items_with(&scanned.items, model.cfg.image_size, &req.read)?;
     let summary = evaluate(&model, &data, req.text, req.seed, 8);
     Ok(EvalOutcome {
         summary,

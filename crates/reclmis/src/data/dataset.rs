@@ -8,7 +8,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::image::{read_bgr, read_grey};
+use super::image::{ReadOptions, read_bgr_with, read_grey_with};
 use super::layout::{LayoutOptions, Split, scan_split};
 use super::synth::{self, SynthConfig};
 use super::{DataError, layout::Item};
@@ -60,8 +60,19 @@ impl Dataset {
     /// Decodes every item, in parallel; an unreadable image or mask does not stop the others,
     /// so the error lists every bad file (in item order).
     pub fn from_items(items: &[Item], size: usize) -> Result<Self, DataError> {
-        let results: Vec<Result<(Sample, bool), Vec<DataError>>> =
-            items.par_iter().map(|it| load_item(it, size)).collect();
+        Self::from_items_with(items, size, &ReadOptions::default())
+    }
+
+    /// [`Dataset::from_items`] with the slice of DICOM and NIfTI files chosen by `read`.
+    pub fn from_items_with(
+        items: &[Item],
+        size: usize,
+        read: &ReadOptions,
+    ) -> Result<Self, DataError> {
+        let results: Vec<Result<(Sample, bool), Vec<DataError>>> = items
+            .par_iter()
+            .map(|it| load_item(it, size, read))
+            .collect();
         let mut loaded = Vec::with_capacity(results.len());
         let mut problems = Vec::new();
         for r in results {
@@ -115,8 +126,11 @@ impl Dataset {
 
 /// One item at model size and whether its mask had another size; the image's and the mask's
 /// problems both, when both are bad.
-fn load_item(it: &Item, size: usize) -> Result<(Sample, bool), Vec<DataError>> {
-    let (img, mask) = match (read_bgr(&it.image), read_grey(&it.mask)) {
+fn load_item(it: &Item, size: usize, read: &ReadOptions) -> Result<(Sample, bool), Vec<DataError>> {
+    let (img, mask) = match (
+        read_bgr_with(&it.image, read),
+        read_grey_with(&it.mask, read),
+    ) {
         (Ok(img), Ok(mask)) => (img, mask),
         (img, mask) => return Err(img.err().into_iter().chain(mask.err()).collect()),
     };

@@ -5,7 +5,11 @@
 //! its 16→8-bit scaling, its colour→grey weights, its fixed-point bilinear resize) is reproduced
 //! here bit for bit for PNG, BMP and TIFF. JPEG pixels can differ by a few levels because the
 //! two JPEG decoders round their IDCT and chroma upsampling differently.
+//!
+//! DICOM and NIfTI files (recognised by content) are read as one 8-bit slice by
+//! [`super::medical`]; their grey is replicated to B, G, R like a grey PNG's.
 
+use std::io::{BufRead, Cursor, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
@@ -13,6 +17,15 @@ use rayon::prelude::*;
 
 use super::DataError;
 use super::layout::Item;
+use super::medical;
+
+/// How a file is read where it holds more than one 2-D image (a NIfTI volume, a multi-frame
+/// DICOM); PNG, JPEG, BMP and TIFF ignore it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadOptions {
+    /// The slice (NIfTI: along the third axis) or frame (DICOM) to read; `None` is the middle.
+    pub slice: Option<usize>,
+}
 
 /// An 8-bit image, rows top to bottom, channels interleaved: `[height, width, channels]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,8 +85,80 @@ impl ImageU8 {
 
 /// `cv2.imread(path)` (IMREAD_COLOR): 3 channels in **B, G, R** order; grey is replicated, alpha
 /// dropped (not composited), 16-bit scaled to 8 bits as OpenCV does for the file's format.
+/// DICOM and NIfTI files give their middle slice (see [`read_bgr_with`]).
 pub fn read_bgr(path: &Path) -> Result<ImageU8, DataError> {
-    let (img, format) = decode(path)?;
+    read_bgr_with(path, &ReadOptions::default())
+}
+
+/// [`read_bgr`] with the slice of a DICOM or NIfTI file chosen by `opts`.
+pub fn read_bgr_with(path: &Path, opts: &ReadOptions) -> Result<ImageU8, DataError> {
+    decode_file(path, opts).map(|d| d.into_bgr(path))?
+}
+
+/// [`read_bgr_with`] on a file's bytes in memory (an upload): PNG, JPEG, BMP, TIFF, DICOM or
+/// NIfTI (`.nii`, or `.nii.gz` when `name` ends so), told apart by content. `name` names the
+/// file in errors.
+pub fn read_bgr_bytes(name: &str, bytes: &[u8], opts: &ReadOptions) -> Result<ImageU8, DataError> {
+    let path = Path::new(name);
+    decode_bytes(path, bytes, opts).map(|d| d.into_bgr(path))?
+}
+
+/// `cv2.imread(path, 0)` (IMREAD_GRAYSCALE): one channel; colour files are converted with the
+/// BT.601 weights in the fixed-point form the file's decoder uses. DICOM and NIfTI files give
+/// their middle slice (see [`read_grey_with`]).
+pub fn read_grey(path: &Path) -> Result<ImageU8, DataError> {
+    read_grey_with(path, &ReadOptions::default())
+}
+
+/// [`read_grey`] with the slice of a DICOM or NIfTI file chosen by `opts`.
+pub fn read_grey_with(path: &Path, opts: &ReadOptions) -> Result<ImageU8, DataError> {
+    decode_file(path, opts).map(|d| d.into_grey(path))?
+}
+
+/// A file decoded, before OpenCV's conversions to B, G, R or grey.
+enum Decoded {
+    Raster {
+        img: DynamicImage,
+        format: ImageFormat,
+        /// A 32-bit BMP, which OpenCV converts to grey in float.
+        bmp32: bool,
+    },
+    /// One 8-bit slice of a DICOM or NIfTI file: grey, or B, G, R.
+    Medical(ImageU8),
+}
+
+impl Decoded {
+    fn into_bgr(self, path: &Path) -> Result<ImageU8, DataError> {
+        match self {
+            Decoded::Raster { img, format, .. } => raster_bgr(path, &img, format),
+            Decoded::Medical(img) if img.channels == 3 => Ok(img),
+            Decoded::Medical(img) => Ok(ImageU8 {
+                data: img.data.iter().flat_map(|&v| [v, v, v]).collect(),
+                channels: 3,
+                ..img
+            }),
+        }
+    }
+
+    fn into_grey(self, path: &Path) -> Result<ImageU8, DataError> {
+        match self {
+            Decoded::Raster { img, format, bmp32 } => raster_grey(path, &img, format, bmp32),
+            Decoded::Medical(img) if img.channels == 1 => Ok(img),
+            Decoded::Medical(img) => Ok(ImageU8 {
+                data: img
+                    .data
+                    .chunks_exact(3)
+                    .map(|p| opencv_bgr2gray(p[0], p[1], p[2]))
+                    .collect(),
+                channels: 1,
+                ..img
+            }),
+        }
+    }
+}
+
+/// [`read_bgr`] of a decoded PNG, JPEG, BMP or TIFF.
+fn raster_bgr(path: &Path, img: &DynamicImage, format: ImageFormat) -> Result<ImageU8, DataError> {
     let (width, height) = (img.width() as usize, img.height() as usize);
     let mut data = Vec::with_capacity(width * height * 3);
     match &img {
@@ -110,15 +195,16 @@ pub fn read_bgr(path: &Path) -> Result<ImageU8, DataError> {
     })
 }
 
-/// `cv2.imread(path, 0)` (IMREAD_GRAYSCALE): one channel; colour files are converted with the
-/// BT.601 weights in the fixed-point form the file's decoder uses.
-pub fn read_grey(path: &Path) -> Result<ImageU8, DataError> {
-    let (img, format) = decode(path)?;
+/// [`read_grey`] of a decoded PNG, JPEG, BMP or TIFF; `bmp32` for a 32-bit BMP.
+fn raster_grey(
+    path: &Path,
+    img: &DynamicImage,
+    format: ImageFormat,
+    bmp32: bool,
+) -> Result<ImageU8, DataError> {
     let (width, height) = (img.width() as usize, img.height() as usize);
     let png = format == ImageFormat::Png;
-    // OpenCV's 32-bit BMP path converts in float and truncates; its other paths are fixed point.
-    let bmp32 = format == ImageFormat::Bmp && bmp_bit_count(path) == Some(32);
-    let data: Vec<u8> = match &img {
+    let data: Vec<u8> = match img {
         DynamicImage::ImageLuma8(_) | DynamicImage::ImageLumaA8(_) => img.to_luma8().into_raw(),
         DynamicImage::ImageLuma16(_) | DynamicImage::ImageLumaA16(_) => img
             .to_luma16()
@@ -403,14 +489,10 @@ fn bgra2gray_f32(b: u8, g: u8, r: u8) -> u8 {
     (0.299f32 * f32::from(r) + 0.587f32 * f32::from(g) + 0.114f32 * f32::from(b)) as u8
 }
 
-/// Bits per pixel from a BMP header (`BITMAPCOREHEADER` or the larger `BITMAPINFOHEADER`s).
-fn bmp_bit_count(path: &Path) -> Option<u16> {
-    use std::io::Read;
-    let mut header = [0u8; 30];
-    std::fs::File::open(path)
-        .ok()?
-        .read_exact(&mut header)
-        .ok()?;
+/// Bits per pixel from a BMP file's first bytes (`BITMAPCOREHEADER` or the larger
+/// `BITMAPINFOHEADER`s).
+fn bmp_bit_count(head: &[u8]) -> Option<u16> {
+    let header = head.get(..30)?;
     let dib_size = u32::from_le_bytes([header[14], header[15], header[16], header[17]]);
     let at = if dib_size == 12 { 24 } else { 28 };
     Some(u16::from_le_bytes([header[at], header[at + 1]]))
@@ -495,25 +577,77 @@ fn colour16_to_u8(v: u16, format: ImageFormat) -> u8 {
     }
 }
 
-/// Decodes by content (not extension), applying the EXIF orientation as `cv2.imread` does.
 /// The most decoded bytes an image may claim (a 20 000 × 20 000 RGB film is 1.2 GB).
-const MAX_DECODED_BYTES: u64 = 1_500_000_000;
+pub(crate) const MAX_DECODED_BYTES: u64 = 1_500_000_000;
 
-fn decode(path: &Path) -> Result<(DynamicImage, ImageFormat), DataError> {
+/// How many first bytes tell every supported format apart (a NIfTI-1 header is 348).
+const SNIFF_BYTES: u64 = 348;
+
+/// Decodes the file at `path` by content (not extension). Only a DICOM or NIfTI file is read
+/// into memory whole; the others are streamed by their decoder.
+fn decode_file(path: &Path, opts: &ReadOptions) -> Result<Decoded, DataError> {
+    let io = |source| DataError::Io {
+        what: "image",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut head = Vec::new();
+    (&mut file)
+        .take(SNIFF_BYTES)
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    if let Some(format) = medical::sniff(&name, &head) {
+        let len = file.metadata().map_err(io)?.len();
+        if len > MAX_DECODED_BYTES {
+            return Err(DataError::Image {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "the file is {} MB, more than the {} MB reclmis decodes",
+                    len / 1_000_000,
+                    MAX_DECODED_BYTES / 1_000_000
+                ),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        return medical::decode(path, format, &bytes, opts).map(Decoded::Medical);
+    }
+    let reader = ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(io)?;
+    decode_raster(path, reader, &head)
+}
+
+/// [`decode_file`] on a file's bytes in memory; `path` names it in errors.
+fn decode_bytes(path: &Path, bytes: &[u8], opts: &ReadOptions) -> Result<Decoded, DataError> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    if let Some(format) = medical::sniff(&name, bytes) {
+        return medical::decode(path, format, bytes, opts).map(Decoded::Medical);
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| DataError::Image {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    decode_raster(path, reader, bytes)
+}
+
+/// Decodes a PNG, JPEG, BMP or TIFF, applying the EXIF orientation as `cv2.imread` does; `head`
+/// holds the file's first bytes.
+fn decode_raster<R: BufRead + Seek>(
+    path: &Path,
+    reader: ImageReader<R>,
+    head: &[u8],
+) -> Result<Decoded, DataError> {
     let image_err = |reason: String| DataError::Image {
         path: path.to_path_buf(),
         reason,
     };
-    let reader = ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|source| DataError::Io {
-            what: "image",
-            path: path.to_path_buf(),
-            source,
-        })?;
     let format = reader
         .format()
-        .ok_or_else(|| image_err("not a PNG, JPEG, BMP or TIFF file".into()))?;
+        .ok_or_else(|| image_err("not a PNG, JPEG, BMP, TIFF, DICOM or NIfTI file".into()))?;
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| image_err(e.to_string()))?;
@@ -535,7 +669,9 @@ fn decode(path: &Path) -> Result<(DynamicImage, ImageFormat), DataError> {
     if img.width() == 0 || img.height() == 0 {
         return Err(image_err("image has no pixels".into()));
     }
-    Ok((img, format))
+    // OpenCV's 32-bit BMP path converts to grey in float and truncates; its others are fixed point.
+    let bmp32 = format == ImageFormat::Bmp && bmp_bit_count(head) == Some(32);
+    Ok(Decoded::Raster { img, format, bmp32 })
 }
 
 fn unsupported(path: &Path, img: &DynamicImage) -> DataError {

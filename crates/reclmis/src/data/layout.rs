@@ -10,12 +10,17 @@
 //! drops every `mask_` from the mask name to get the image; MosMed enumerates `img` and replaces
 //! the image name's last three characters with `png` to get the mask. The note key is the mask
 //! name in both. Folder and file names match case-insensitively (an exact match wins).
+//!
+//! DICOM and NIfTI files pair by stem (`x.nii.gz` has the stem `x`): a MosMed image `x.dcm` takes
+//! the mask `x.png`, and a partner named `x.png` that does not exist is found as `x.dcm`,
+//! `x.nii` or `x.nii.gz`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::DataError;
+use super::medical::medical_stem;
 use super::notes::Notes;
 
 /// Shown with every missing-folder error.
@@ -421,7 +426,10 @@ impl SplitFolder {
             let partner_name = match convention {
                 // paper-parity: §4.2 / §7 quirk 28 — every `mask_` goes, wherever it is.
                 Convention::QaTa => name.replace("mask_", ""),
-                Convention::MosMed => mosmed_mask_name(name),
+                Convention::MosMed => match medical_stem(name) {
+                    Some(stem) => format!("{stem}.png"),
+                    None => mosmed_mask_name(name),
+                },
             };
             match lookup.find(&partner_name) {
                 Some(i) => {
@@ -481,6 +489,8 @@ fn mosmed_mask_name(image: &str) -> String {
 struct NameLookup {
     exact: HashMap<String, usize>,
     folded: HashMap<String, usize>,
+    /// DICOM and NIfTI files by lower-case stem.
+    medical: HashMap<String, usize>,
 }
 
 impl NameLookup {
@@ -488,18 +498,27 @@ impl NameLookup {
         let mut lookup = NameLookup {
             exact: HashMap::new(),
             folded: HashMap::new(),
+            medical: HashMap::new(),
         };
         for (i, name) in names.iter().enumerate() {
             lookup.exact.insert(name.clone(), i);
             lookup.folded.entry(name.to_lowercase()).or_insert(i);
+            if let Some(stem) = medical_stem(name) {
+                lookup.medical.entry(stem.to_lowercase()).or_insert(i);
+            }
         }
         lookup
     }
 
+    /// `name` exactly, or in another case, or a DICOM/NIfTI file with the same stem.
     fn find(&self, name: &str) -> Option<usize> {
+        let stem = medical_stem(name)
+            .or_else(|| Path::new(name).file_stem().and_then(|s| s.to_str()))
+            .unwrap_or(name);
         self.exact
             .get(name)
             .or_else(|| self.folded.get(&name.to_lowercase()))
+            .or_else(|| self.medical.get(&stem.to_lowercase()))
             .copied()
     }
 }

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod dataset;
 pub mod image;
 pub mod layout;
+pub mod medical;
 pub mod metrics;
 pub mod notes;
 pub mod paraphrase;
@@ -14,7 +15,10 @@ pub mod synth;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use image::{Batch, ImageU8, load_batch, load_image, load_mask, resize_linear_u8};
+pub use image::{
+    Batch, ImageU8, ReadOptions, load_batch, load_image, load_mask, read_bgr_bytes,
+    resize_linear_u8,
+};
 pub use layout::{
     Convention, Item, LayoutOptions, Split, SplitItems, replace_notes, scan_split,
     scan_split_with_notes, survey_split,

@@ -408,3 +408,46 @@ fn real_qata_subset() {
             .starts_with("bilateral pulmonary infection, six infected")
     );
 }
+
+#[test]
+fn dicom_and_nifti_images_pair_by_stem() {
+    let tree = Tree::new("medical");
+    // MosMed: images enumerated, `x.nii.gz` → `x.png` (not `x.nii.png`); a NIfTI mask pairs too.
+    tree.files("Test_Folder/img", &["a.dcm", "b.nii.gz", "c.NII", "d.png"])
+        .files(
+            "Test_Folder/labelcol",
+            &["a.png", "b.png", "c.png", "d.nii.gz"],
+        )
+        .file(
+            "Test_Folder/Test_text.csv",
+            &csv(&[
+                ("a.png", "1"),
+                ("b.png", "2"),
+                ("c.png", "3"),
+                ("d.nii.gz", "4"),
+            ]),
+        );
+    let test = tree.scan(Split::Test).expect("test scans");
+    assert_eq!(test.convention, Convention::MosMed);
+    let pairs: Vec<_> = names(&test).into_iter().map(|n| (n.0, n.1)).collect();
+    let want = [
+        ("a.dcm", "a.png"),
+        ("b.nii.gz", "b.png"),
+        ("c.NII", "c.png"),
+        ("d.png", "d.nii.gz"),
+    ];
+    assert_eq!(pairs, want.map(|(i, m)| (i.to_string(), m.to_string())));
+
+    // QaTa: masks enumerated, `mask_x.png` → `x.png`, found as `x.dcm` / `x.nii.gz`.
+    tree.files("Val_Folder/img", &["x.dcm", "y.nii.gz"])
+        .files("Val_Folder/labelcol", &["mask_x.png", "mask_y.png"])
+        .file(
+            "Val_Folder/Val_text.csv",
+            &csv(&[("mask_x.png", "x"), ("mask_y.png", "y")]),
+        );
+    let val = tree.scan(Split::Val).expect("val scans");
+    assert_eq!(val.convention, Convention::QaTa);
+    let pairs: Vec<_> = names(&val).into_iter().map(|n| (n.0, n.1)).collect();
+    let want = [("x.dcm", "mask_x.png"), ("y.nii.gz", "mask_y.png")];
+    assert_eq!(pairs, want.map(|(i, m)| (i.to_string(), m.to_string())));
+}
