@@ -1157,7 +1157,23 @@ fn predict_and_evaluate_read_dicom_and_nifti() {
         out.contains("Dice") && out.contains("per-image mean (LViT)"),
         "{out}"
     );
-    // Either image may be the one reported (they load in parallel).
-    let err = bad_input(&evaluate(&["--slice", "7"]), ".nii.gz");
-    assert!(err.contains("slice 7 is out of range"), "{err}");
+    // Every image is checked before the model runs, and each bad one is listed.
+    let out = evaluate(&["--slice", "7"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("error: 2 problems with the data:"), "{err}");
+    for key in &keys {
+        let file = format!(
+            "{}.nii.gz",
+            key.trim_start_matches("mask_").trim_end_matches(".png")
+        );
+        let line = err
+            .lines()
+            .find(|l| l.contains(&file))
+            .unwrap_or_else(|| panic!("{file}: {err}"));
+        assert!(
+            line.contains("slice 7 is out of range: the file has 3 (0..=2)"),
+            "{line}"
+        );
+    }
 }
