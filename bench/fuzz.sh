@@ -4,7 +4,7 @@
 # Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`); the mutation test in
 # crates/reclmis/tests/mutation.rs is the stable, CI-run counterpart.
 #
-# Usage: bench/fuzz.sh [SECONDS_PER_TARGET]   (default 60)
+# Usage: [FUZZ_TARGETS="t1 t2"] bench/fuzz.sh [SECONDS_PER_TARGET]   (default 60; all targets)
 # Seeds: fuzz/corpus/<target>/ (small, in the repository) plus, for the binary formats, the real
 # files of the shared folder (RECLMIS_SHARED, default ../shared), copied to a scratch corpus.
 set -euo pipefail
@@ -30,9 +30,10 @@ cargo build --release -q -p reclmis-cli
 printf '[model]\nrec_layers = 1\n' > "$work/tiny.toml"
 ./target/release/reclmis train --data "$work/synth" --config "$work/tiny.toml" --image-size 32 \
   --base-channels 8 --epochs 1 --batch-size 8 --out "$work/run" > /dev/null 2>&1
-mkdir -p "$work/ours" "$work/notes_csv" "$work/tokenizer"
+mkdir -p "$work/ours" "$work/notes_csv" "$work/tokenizer" "$work/dicom" "$work/nifti"
 cp "$work/run/best.safetensors" "$work/ours/"
-targets=(torch_archive torchscript hf_clip ours notes_xlsx notes_csv png tokenizer)
+# FUZZ_TARGETS="dicom nifti" runs only those.
+read -r -a targets <<< "${FUZZ_TARGETS:-torch_archive torchscript hf_clip ours notes_xlsx notes_csv png dicom nifti tokenizer}"
 for t in "${targets[@]}"; do
   corpus=("$work/$t")
   [[ -d fuzz/corpus/$t ]] && corpus+=("fuzz/corpus/$t")
