@@ -1,5 +1,6 @@
 //! Where the tensors live: `cpu` (burn's flex backend with our own kernels, the default) or
-//! `gpu[:N]` (burn's wgpu backend pinned to Vulkan, in builds with the `gpu` cargo feature).
+//! `gpu[:N]` (burn's wgpu backend with WGSL kernels, in builds with the `gpu` cargo feature; wgpu
+//! runs them through Vulkan on Linux, Metal on macOS, DX12 on Windows).
 //!
 //! On the GPU the conv/BatchNorm blocks run burn's generic ops ([`crate::kernels::enabled`] is
 //! false there), so the GPU is compared against the same reference as `RECLMIS_KERNELS=burn`.
@@ -10,12 +11,12 @@ use std::str::FromStr;
 
 use burn::tensor::Device;
 
-/// The `--device` flag: `cpu`, `gpu` (the first Vulkan device) or `gpu:N`.
+/// The `--device` flag: `cpu`, `gpu` (the first GPU adapter) or `gpu:N`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceChoice {
     #[default]
     Cpu,
-    /// The Nth Vulkan device, in the order of [`gpus`].
+    /// The Nth GPU adapter, in the order of [`gpus`].
     Gpu(usize),
 }
 
@@ -50,9 +51,9 @@ pub enum DeviceError {
     Parse(String),
     #[error("--device {0} needs a reclmis built with the `gpu` cargo feature; this build has only the CPU")]
     NotBuilt(DeviceChoice),
-    #[error("--device {0}: no Vulkan device found")]
+    #[error("--device {0}: no GPU adapter found (wgpu looks for Vulkan, Metal, DX12 or OpenGL)")]
     NoAdapter(DeviceChoice),
-    #[error("--device {choice}: there are only {count} Vulkan device(s), numbered from 0")]
+    #[error("--device {choice}: there are only {count} GPU adapter(s), numbered from 0")]
     OutOfRange { choice: DeviceChoice, count: usize },
 }
 
@@ -72,21 +73,21 @@ impl DeviceError {
                     .into(),
             ),
             Self::OutOfRange { .. } => Some(
-                "devices are numbered discrete GPUs first, then integrated, virtual and software \
-                 ones; `vulkaninfo --summary` lists them all"
+                "`vulkaninfo --summary` lists the Vulkan devices; a software one (lavapipe) is \
+                 only offered where there is no hardware GPU"
                     .into(),
             ),
         }
     }
 }
 
-/// The devices `--device gpu:N` counts: every Vulkan adapter, discrete GPUs first, then
-/// integrated and virtual ones, then software ones (lavapipe), then any other kind. Empty
-/// without the `gpu` feature or without a Vulkan driver.
+/// The devices `--device gpu:N` counts: the adapters of the first graphics API (Vulkan first)
+/// that has a hardware GPU, or failing that of the first one with a software adapter (Mesa's
+/// lavapipe). Empty without the `gpu` feature or without a driver.
 pub fn gpus() -> Vec<Device> {
     #[cfg(feature = "gpu")]
     {
-        Device::enumerate(burn::tensor::DeviceType::Vulkan).to_vec()
+        Device::enumerate(burn::tensor::DeviceType::Wgpu).to_vec()
     }
     #[cfg(not(feature = "gpu"))]
     {
