@@ -111,6 +111,14 @@ pub fn open(choice: DeviceChoice) -> Result<Device, DeviceError> {
     }
 }
 
+/// Whether `device` computes float64 natively: the CPU does; wgpu's shaders do not.
+pub fn has_f64(device: &Device) -> bool {
+    matches!(
+        device.as_dispatch().clone().inner(),
+        burn::backend::DispatchDevice::Flex(_)
+    )
+}
+
 /// A short name for reports: `cpu`, or the adapter's own name (`llvmpipe (LLVM 15.0.6, 256
 /// bits)`, `NVIDIA H100 PCIe`). Opens a GPU device.
 pub fn describe(device: &Device) -> String {
