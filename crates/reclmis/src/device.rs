@@ -49,7 +49,7 @@ impl fmt::Display for DeviceChoice {
 pub enum DeviceError {
     #[error("unknown device '{0}': expected cpu, gpu or gpu:N")]
     Parse(String),
-    #[error("--device {0} needs a reclmis built with the `gpu` cargo feature; this build has only the CPU")]
+    #[error("--device {0} needs a build with the `gpu` cargo feature; this one has only the CPU")]
     NotBuilt(DeviceChoice),
     #[error("--device {0}: no GPU adapter found (wgpu looks for Vulkan, Metal, DX12 or OpenGL)")]
     NoAdapter(DeviceChoice),
@@ -138,10 +138,16 @@ mod tests {
     fn parses_the_flag() {
         assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
         assert_eq!("gpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Gpu(0));
-        assert_eq!("GPU:2".parse::<DeviceChoice>().unwrap(), DeviceChoice::Gpu(2));
+        assert_eq!(
+            "GPU:2".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Gpu(2)
+        );
         for bad in ["", "cuda", "gpu:", "gpu:-1", "gpu:x", "cpu:0"] {
             let e = bad.parse::<DeviceChoice>().unwrap_err();
-            assert!(e.to_string().contains("expected cpu, gpu or gpu:N"), "{bad}: {e}");
+            assert!(
+                e.to_string().contains("expected cpu, gpu or gpu:N"),
+                "{bad}: {e}"
+            );
         }
         assert_eq!(DeviceChoice::Gpu(1).to_string(), "gpu:1");
     }

@@ -55,7 +55,10 @@ fn matmul_conv_and_softmax_match_the_cpu() {
     let run = |d: &Device| {
         let a = Tensor::<2>::from_data(TensorData::new(ramp(64 * 96, 7), [64, 96]), d);
         let b = Tensor::<2>::from_data(TensorData::new(ramp(96 * 32, 11), [96, 32]), d);
-        let x = Tensor::<4>::from_data(TensorData::new(ramp(2 * 4 * 16 * 16, 13), [2, 4, 16, 16]), d);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(ramp(2 * 4 * 16 * 16, 13), [2, 4, 16, 16]),
+            d,
+        );
         let w = Tensor::<4>::from_data(TensorData::new(ramp(8 * 4 * 3 * 3, 17), [8, 4, 3, 3]), d);
         let conv = burn::tensor::module::conv2d(
             x,
@@ -68,7 +71,11 @@ fn matmul_conv_and_softmax_match_the_cpu() {
         (to_vec(&mm), to_vec(&conv), to_vec(&sm))
     };
     let (c, g) = (run(&cpu), run(&gpu));
-    for (name, a, b) in [("matmul", &c.0, &g.0), ("conv2d", &c.1, &g.1), ("softmax", &c.2, &g.2)] {
+    for (name, a, b) in [
+        ("matmul", &c.0, &g.0),
+        ("conv2d", &c.1, &g.1),
+        ("softmax", &c.2, &g.2),
+    ] {
         let d = max_abs_diff(a, b);
         eprintln!("{name}: max abs diff {d:.2e}");
         assert!(d < 1e-4, "{name}: {d}");
@@ -114,8 +121,15 @@ fn conv_grads(d: &Device, normalise: bool) -> Vec<Vec<f32>> {
 fn conv_backward_matches_the_cpu() {
     let Some(gpu) = gpu() else { return };
     for normalise in [false, true] {
-        let (c, g) = (conv_grads(&Device::flex(), normalise), conv_grads(&gpu, normalise));
-        for (name, a, b) in [("input", &c[0], &g[0]), ("weight", &c[1], &g[1]), ("bias", &c[2], &g[2])] {
+        let (c, g) = (
+            conv_grads(&Device::flex(), normalise),
+            conv_grads(&gpu, normalise),
+        );
+        for (name, a, b) in [
+            ("input", &c[0], &g[0]),
+            ("weight", &c[1], &g[1]),
+            ("bias", &c[2], &g[2]),
+        ] {
             let d = max_abs_diff(a, b);
             eprintln!("conv (normalised: {normalise}) d{name}: max abs diff {d:.2e}");
             assert!(d < 1e-4, "d{name} (normalised: {normalise}) differs by {d}");
@@ -143,16 +157,26 @@ fn step(device: &Device) -> (Vec<f32>, Vec<(String, Vec<f32>)>, Vec<(String, Vec
     let device = device.clone().autodiff();
     let model = RecLMIS::new(&cfg, 3, &device);
     let (b, s) = (2, cfg.image_size);
-    let images =
-        || Tensor::<4>::from_data(TensorData::new(ramp(b * 3 * s * s, 5), [b, 3, s, s]), &device);
+    let images = || {
+        Tensor::<4>::from_data(
+            TensorData::new(ramp(b * 3 * s * s, 5), [b, 3, s, s]),
+            &device,
+        )
+    };
     let rows = vec![vec![49406, 320, 1125, 49407], vec![49406, 530, 49407, 0]];
     let tokens = TokenBatch::new(&rows);
-    let target: Vec<f32> = (0..b * s * s).map(|i| ((i % s) > s / 2) as u8 as f32).collect();
+    let target: Vec<f32> = (0..b * s * s)
+        .map(|i| ((i % s) > s / 2) as u8 as f32)
+        .collect();
     let target = Tensor::<3>::from_data(TensorData::new(target, [b, s, s]), &device);
 
     let eval = model.valid();
     let tfc = eval.encode_text(&tokens, false);
-    let probs = to_vec(&eval.forward(images(), tfc, &tokens, Branches::Segment, false).probs);
+    let probs = to_vec(
+        &eval
+            .forward(images(), tfc, &tokens, Branches::Segment, false)
+            .probs,
+    );
 
     let tfc = model.encode_text(&tokens, true);
     let out = model.forward(images(), tfc, &tokens, Branches::Aux { seed: 1 }, true);
@@ -191,12 +215,19 @@ fn a_small_model_trains_alike_on_both() {
                 assert_eq!(kc, kg);
                 let scale = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
                 if scale(vc) < 1e-6 {
-                    assert!(scale(vg) < 1e-4, "{kc}: ~0 on the CPU, {} on the GPU", scale(vg));
+                    assert!(
+                        scale(vg) < 1e-4,
+                        "{kc}: ~0 on the CPU, {} on the GPU",
+                        scale(vg)
+                    );
                     return None;
                 }
                 Some((max_abs_diff(vc, vg) / scale(vc), kc.clone()))
             })
-            .fold((0.0f32, String::new()), |m, x| if x.0 > m.0 { x } else { m })
+            .fold(
+                (0.0f32, String::new()),
+                |m, x| if x.0 > m.0 { x } else { m },
+            )
     };
     let (g, at) = worst(&cg, &gg);
     eprintln!("gradients: worst relative diff {g:.2e} ({at})");
@@ -210,5 +241,8 @@ fn a_small_model_trains_alike_on_both() {
         .map(|((k, c), (_, g))| (max_abs_diff(c, g), k))
         .fold((0.0f32, &ca[0].0), |m, x| if x.0 > m.0 { x } else { m });
     eprintln!("weights after Adam: max abs diff {w:.2e} ({at}), learning rate {LR:.0e}");
-    assert!(w <= 2.0 * LR as f32 + 1e-6, "{at} after one Adam step differs by {w}");
+    assert!(
+        w <= 2.0 * LR as f32 + 1e-6,
+        "{at} after one Adam step differs by {w}"
+    );
 }
