@@ -9,6 +9,7 @@ mod training;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
 use anyhow::Result;
 use burn::tensor::Device;
@@ -19,6 +20,7 @@ use reclmis::checkpoint::import::ImportError;
 use reclmis::checkpoint::ours::{self, SaveOptions};
 use reclmis::data::image::{ReadOptions, read_bgr_with};
 use reclmis::data::{DataError, LISTED_PROBLEMS};
+use reclmis::device::DeviceChoice;
 use reclmis::inspect::{Inspection, inspect_checkpoint, inspect_config, thousands};
 use reclmis::model::{ModelConfig, Preset};
 use reclmis::predict::{self, FolderOptions, Prediction};
@@ -43,6 +45,12 @@ struct Cli {
     /// (needs AVX-512 BF16; elsewhere it falls back to fp32 and says so)
     #[arg(long, global = true, value_enum, default_value_t = Precision::Fp32)]
     precision: Precision,
+
+    /// Where the model runs: cpu, or gpu / gpu:N, the Nth Vulkan device (needs a build with the
+    /// `gpu` cargo feature; docs/gpu.md). Used by predict, evaluate, train, import, export and
+    /// serve
+    #[arg(long, global = true, value_name = "cpu|gpu[:N]", default_value_t = DeviceChoice::Cpu)]
+    device: DeviceChoice,
 
     #[command(subcommand)]
     command: Command,
@@ -193,6 +201,9 @@ fn main() -> ExitCode {
     {
         eprintln!("note: this CPU lacks AVX-512 BF16, so --precision bf16 falls back to fp32");
     }
+    DEVICE
+        .set(cli.device)
+        .expect("the device is chosen once, before any command runs");
     let json = match &cli.command {
         Command::Inspect(a) => a.json,
         Command::Evaluate(a) => a.json,
@@ -211,12 +222,18 @@ fn run(command: Command) -> Result<()> {
         Command::Predict(args) => run_predict(args),
         Command::Import(args) => run_import(args),
         Command::Inspect(args) => run_inspect(args),
-        Command::Demo(args) => training::run_demo(args),
+        Command::Demo(args) => {
+            cpu_only("demo")?;
+            training::run_demo(args)
+        }
         Command::Synth(args) => training::run_synth(args),
         Command::Train(args) => training::run_train(args),
         Command::Evaluate(args) => training::run_evaluate(args),
         Command::Export(args) => run_export(args),
-        Command::Bench(args) => training::run_bench(args),
+        Command::Bench(args) => {
+            cpu_only("bench")?;
+            training::run_bench(args)
+        }
         Command::Notes(args) => run_notes(args),
         Command::Serve(args) => serve::run_serve(args),
     }
@@ -297,12 +314,32 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn device() -> Device {
-    Device::flex()
+/// `--device`, set once in `main`.
+static DEVICE: OnceLock<DeviceChoice> = OnceLock::new();
+
+/// The device `--device` names, opened when a command first needs it, so commands without
+/// tensors never touch a GPU driver.
+fn device() -> Result<Device, Error> {
+    Ok(reclmis::device::open(device_choice())?)
+}
+
+fn device_choice() -> DeviceChoice {
+    DEVICE.get().copied().unwrap_or_default()
+}
+
+/// Refuses `--device gpu` for a command that runs on the CPU only, so the flag is never ignored.
+fn cpu_only(command: &str) -> Result<(), Error> {
+    match device_choice() {
+        DeviceChoice::Cpu => Ok(()),
+        other => Err(Error::Usage(format!(
+            "`{command}` runs on the CPU only; --device {other} is for predict, evaluate, train, \
+             import, export and serve"
+        ))),
+    }
 }
 
 fn load_checkpoint(path: &Path) -> Result<ours::Loaded, Error> {
-    Ok(ours::load(path, &device())?)
+    Ok(ours::load(path, &device()?)?)
 }
 
 fn create_dir(dir: &Path) -> Result<(), Error> {
@@ -471,7 +508,7 @@ fn predict_many(args: &PredictArgs, images: &Path, notes: &Path) -> Result<()> {
 }
 
 fn run_import(args: ImportArgs) -> Result<()> {
-    let device = device();
+    let device = device()?;
     let reclmis::app::Imported { model, cfg, state } =
         reclmis::app::import(&args.src, args.preset, args.seed, &device)?;
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -508,7 +545,7 @@ fn run_export(args: ExportArgs) -> Result<()> {
         },
         inference_only: args.inference_only,
     };
-    let e = ours::export(&args.checkpoint, &args.out, opts, &device()).map_err(Error::from)?;
+    let e = ours::export(&args.checkpoint, &args.out, opts, &device()?).map_err(Error::from)?;
     let left_out = if e.inference_only {
         format!(
             ", inference-only ({} training-only tensors left out)",

@@ -418,7 +418,8 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         allow_missing_notes: args.allow_missing_notes,
     };
     let mut bars = progress(false);
-    let outcome = app::train(&req, &mut |p| match p {
+    let device = crate::device()?;
+    let outcome = app::train_on(&req, &device, &mut |p| match p {
         app::TrainProgress::Loading { data, size } => {
             eprintln!("loading {} at {size}×{size}…", data.display());
         }
@@ -474,7 +475,7 @@ pub fn run_evaluate(args: EvaluateArgs) -> Result<()> {
         allow_missing_notes: args.allow_missing_notes,
         read: ReadOptions { slice: args.slice },
     };
-    let out = app::evaluate_split(&req)?;
+    let out = app::evaluate_split_on(&req, &crate::device()?)?;
     let (s, ckpt, cfg) = (&out.summary, &out.checkpoint, &out.cfg);
     warn_size_mismatches(out.size_mismatches, split, cfg.image_size);
     let csv_path = args.csv.clone().unwrap_or_else(|| {

@@ -25,6 +25,9 @@ pub enum Error {
     Train(#[from] crate::train::TrainError),
     #[error(transparent)]
     Synth(#[from] crate::data::synth::SynthError),
+    /// `--device` names a device this build or this machine does not have.
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
     #[error("{0}")]
     Usage(String),
     /// Writing an output (or creating its folder) failed.
@@ -47,7 +50,11 @@ impl Error {
     /// lists as bad input); 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         let bad = match self {
-            Error::Data(_) | Error::Import(_) | Error::Config(_) | Error::Usage(_) => true,
+            Error::Data(_)
+            | Error::Import(_)
+            | Error::Config(_)
+            | Error::Usage(_)
+            | Error::Device(_) => true,
             Error::Checkpoint(CheckpointError::Write { source, .. }) => io_is_bad_input(source),
             Error::Checkpoint(_) => true,
             Error::Io { source, .. } => io_is_bad_input(source),
@@ -112,6 +119,7 @@ impl Error {
             ),
             Error::Train(_) => None,
             Error::Synth(e) => e.hint(),
+            Error::Device(e) => e.hint(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod demo;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod files;

@@ -7,9 +7,21 @@ use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use reclmis::checkpoint::{import::host_tensors, torch::read_checkpoint};
+use reclmis::device::DeviceChoice;
 use reclmis::model::weights::{load_tensors, named_grads};
 use reclmis::model::{Branches, ModelConfig, Outputs, RecLMIS, TokenBatch, TokenMask, to_vec};
 use safetensors::SafeTensors;
+
+/// `RECLMIS_TEST_DEVICE` (`cpu`, the default, or `gpu[:N]` in a build with the `gpu` feature):
+/// the same fixtures on another device (docs/gpu.md).
+fn test_device() -> Device {
+    let choice: DeviceChoice = std::env::var("RECLMIS_TEST_DEVICE")
+        .as_deref()
+        .unwrap_or("cpu")
+        .parse()
+        .unwrap();
+    reclmis::device::open(choice).unwrap_or_else(|e| panic!("RECLMIS_TEST_DEVICE: {e}"))
+}
 
 fn shared() -> PathBuf {
     std::env::var_os("RECLMIS_SHARED")
@@ -164,7 +176,7 @@ fn parity(preset: &str, cfg: ModelConfig) {
     let sd = read_checkpoint(&dir.join("best_model-RecLMIS.pth.tar")).unwrap();
     let source = host_tensors(&sd);
     let io = read_io(&dir.join("io.safetensors"));
-    let device = Device::flex().autodiff();
+    let device = test_device().autodiff();
 
     let model = RecLMIS::new(&cfg, 0, &device);
     let (mut model, report) = load_tensors(model, &source).unwrap();
@@ -221,7 +233,11 @@ fn parity(preset: &str, cfg: ModelConfig) {
             .collect()
     };
     c.check("text_cls", &text_cls, 1e-5);
+    let started = std::time::Instant::now();
     let out = eval_model.forward(images(), tfc, &tokens, masks(), false);
+    let logits = to_vec(&out.logits);
+    let eval_forward = started.elapsed();
+    drop(logits);
     check_outputs(&mut c, &out, "", true);
     let crit = eval_model.losses(&out, label.clone());
     c.check("loss_criterion", &to_vec(&crit.criterion), 1e-4);
@@ -234,6 +250,7 @@ fn parity(preset: &str, cfg: ModelConfig) {
         head_dropout: 0.0,
         ..cfg.clone()
     };
+    let started = std::time::Instant::now();
     let tfc = model.encode_text(&tokens, true);
     let out = model.forward(images(), tfc, &tokens, masks(), true);
     check_outputs(&mut c, &out, "train/", false);
@@ -246,6 +263,8 @@ fn parity(preset: &str, cfg: ModelConfig) {
         .into_iter()
         .map(|(k, t)| (k, t.data))
         .collect();
+    // Read back to the host, so a device that queues work has finished it.
+    let train_step = started.elapsed();
     assert!(
         !ours.keys().any(|k| k.starts_with("clip.")),
         "the frozen text tower received a gradient"
@@ -283,7 +302,12 @@ fn parity(preset: &str, cfg: ModelConfig) {
         };
         c.check(name, &g[..n], tol);
     }
-    println!("{preset}:\n{}", c.report.join("\n"));
+    println!(
+        "{preset} on {}: eval forward {eval_forward:.2?}, training forward + backward \
+         {train_step:.2?}\n{}",
+        reclmis::device::describe(&device),
+        c.report.join("\n")
+    );
 }
 
 #[test]

@@ -19,7 +19,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
-use burn::tensor::Device;
 use clap::Args;
 use reclmis::Error;
 use reclmis::model::RecLMIS;
@@ -118,7 +117,7 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => default_checkpoint()?,
     };
-    let device = Device::flex();
+    let device = crate::device()?;
     let model = reclmis::app::load_model(&path, &device)?;
     let model_info = api::model_info(&model, &path);
     let summary = format!(

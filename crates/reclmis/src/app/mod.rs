@@ -15,5 +15,5 @@ pub use import::{Imported, import};
 pub use runs::{initial_model, load_split, load_splits, synth_split};
 pub use session::{
     EvalOutcome, EvalRequest, NotesAs, TrainOutcome, TrainProgress, TrainRequest, evaluate_split,
-    load_model, train,
+    evaluate_split_on, load_model, train, train_on,
 };

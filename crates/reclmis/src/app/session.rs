@@ -66,8 +66,17 @@ pub struct TrainOutcome {
 /// Trains `req` on the CPU: initial weights, both splits, the run, `curves.png` (also after a
 /// failed epoch, for what was done).
 pub fn train(req: &TrainRequest, on: &mut dyn FnMut(TrainProgress)) -> Result<TrainOutcome, Error> {
+    train_on(req, &Device::flex(), on)
+}
+
+/// [`train`] on `device` (see [`crate::device::open`]); autodiff is added here.
+pub fn train_on(
+    req: &TrainRequest,
+    device: &Device,
+    on: &mut dyn FnMut(TrainProgress),
+) -> Result<TrainOutcome, Error> {
     let mut cfg = req.cfg.clone();
-    let device = Device::flex().autodiff();
+    let device = device.clone().autodiff();
     let init = initial_model(req.clip.as_deref(), req.resume, &mut cfg, &device)?;
     let size = cfg.model.image_size;
     on(TrainProgress::Loading {
@@ -148,6 +157,11 @@ pub struct EvalOutcome {
 /// loaded, so bad data fails fast; with a problem there, the images are checked too (decoded at
 /// a small size) and every problem comes back in one error.
 pub fn evaluate_split(req: &EvalRequest) -> Result<EvalOutcome, Error> {
+    evaluate_split_on(req, &Device::flex())
+}
+
+/// [`evaluate_split`] with the model on `device` (see [`crate::device::open`]).
+pub fn evaluate_split_on(req: &EvalRequest, device: &Device) -> Result<EvalOutcome, Error> {
     let checkpoint = ours::checkpoint_file(&req.checkpoint);
     let scanned = match &req.notes {
         Some(file) => scan_split_with_notes(&req.data, req.split, file)?,
@@ -166,7 +180,7 @@ pub fn evaluate_split(req: &EvalRequest) -> Result<EvalOutcome, Error> {
             scanned
         }
     };
-    let mut model = load_model(&checkpoint, &Device::flex())?;
+    let mut model = load_model(&checkpoint, device)?;
     if let Some(how) = req.notes_as {
         model.cfg.notes.canonical = how == NotesAs::Canonical;
     }

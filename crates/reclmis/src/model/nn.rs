@@ -249,7 +249,14 @@ impl BatchNorm {
         stat_shape[1] = c;
         // Batch statistics accumulate in float64, as PyTorch's CPU kernels do: a float32 sum over
         // B·H·W ≈ 2·10⁵ terms drifts enough to move the gradients of the first layers by 1e-2.
-        let x64 = x.cast(FloatDType::F64);
+        // Only on the CPU: wgpu's shaders have no float64, and burn's stand-in for it there gives
+        // wrong gradients (tests/gpu.rs), so a GPU accumulates in float32 (docs/gpu.md).
+        let acc = if crate::device::has_f64(&x.device()) {
+            FloatDType::F64
+        } else {
+            FloatDType::F32
+        };
+        let x64 = x.cast(acc);
         let mean = x64.clone().sum_dims(&reduce).div_scalar(n as f64); // [1, C, 1, 1]
         let xc = x64 - mean.clone();
         let var = xc
@@ -258,8 +265,8 @@ impl BatchNorm {
             .sum_dims(&reduce)
             .div_scalar(n as f64);
         let inv = var.clone().add_scalar(BN_EPS).sqrt().recip();
-        let w = self.weight.val().cast(FloatDType::F64).reshape(stat_shape);
-        let b = self.bias.val().cast(FloatDType::F64).reshape(stat_shape);
+        let w = self.weight.val().cast(acc).reshape(stat_shape);
+        let b = self.bias.val().cast(acc).reshape(stat_shape);
         let y = (xc * inv * w + b).cast(FloatDType::F32);
         let mean = mean.detach().cast(FloatDType::F32).reshape([c]);
         let var = var.detach().cast(FloatDType::F32).reshape([c]);
