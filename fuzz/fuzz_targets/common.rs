@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+// Not every target reads from disk (nifti reads from memory only).
+#[allow(dead_code)]
 pub fn as_file(name: &str, data: &[u8]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("reclmis-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -98,8 +98,29 @@ fn read_from(
     if skipped != skip {
         return Err("the NIfTI file is truncated before its voxels".into());
     }
-    let volume = InMemNiftiVolume::from_reader(src, &header)
+    // The voxels are read here, their count checked, before the crate sees them: it slices
+    // its buffer by the header's sizes and would panic on a short (e.g. gzipped) stream.
+    let mut data = Vec::new();
+    (&mut src)
+        .take(data_bytes as u64)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("the NIfTI file is damaged ({e})"))?;
+    if (data.len() as u128) < data_bytes {
+        return Err(format!(
+            "the NIfTI file is truncated: {} bytes of voxels, its header needs {data_bytes}",
+            data.len()
+        ));
+    }
+    let volume = InMemNiftiVolume::from_reader(&data[..], &header)
         .map_err(|e| format!("cannot read the NIfTI voxels: {e}"))?;
+    // The crate sizes its buffer from `bitpix`, which a damaged header can set apart from the
+    // data type; indexing would then run past the buffer.
+    if (volume.raw_data().len() as u128) < data_bytes {
+        return Err(format!(
+            "the NIfTI header disagrees with itself: bitpix {} for data type {datatype:?}",
+            header.bitpix
+        ));
+    }
     axial_slice(&volume, &dims, opts)
 }
 

@@ -266,3 +266,22 @@ fn formats_are_sniffed_by_content_and_stems_drop_medical_extensions() {
     assert_eq!(medical_stem("x.png"), None);
     assert_eq!(medical_stem(".nii"), None);
 }
+
+/// The fuzzer's finding (bench/results/fuzz-20261205-145903): a gzipped volume whose `bitpix`
+/// disagrees with its data type. The nifti crate sized its buffer from one and indexed it with
+/// the other, past its end; the reader now compares the two and refuses the file.
+#[test]
+fn a_volume_whose_bitpix_disagrees_with_its_data_type_is_refused_not_a_panic() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz-nifti-short.nii.gz");
+    let bytes = std::fs::read(&path).expect("the fixture is in the repository");
+    let msg = read_bgr_bytes("fuzz-nifti-short.nii.gz", &bytes, &ReadOptions::default())
+        .expect_err("refused")
+        .to_string();
+    assert!(msg.contains("fuzz-nifti-short.nii.gz"), "{msg}");
+    assert!(
+        msg.contains("the NIfTI header disagrees with itself: bitpix"),
+        "{msg}"
+    );
+    assert!(read_bgr(&path).is_err());
+}
