@@ -11,40 +11,8 @@ use std::process::{Command, Output};
 
 use reclmis::data::image::{read_bgr, read_grey};
 
-fn shared() -> PathBuf {
-    std::env::var_os("RECLMIS_SHARED")
-        .map(Into::into)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
-
-fn parity_dir() -> PathBuf {
-    shared().join("reference/official-parity/qata")
-}
-
-/// A fresh folder under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir =
-            std::env::temp_dir().join(format!("reclmis-cli-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn join(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::{TempDir, io_floats, io_ints, parity_dir, shared};
 
 fn reclmis<I, S>(args: I) -> Output
 where
@@ -106,28 +74,6 @@ fn read_npy(path: &Path, rows: usize, cols: usize) -> Vec<f32> {
     assert_eq!(data.len(), 4 * rows * cols);
     data.chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-fn io_floats(name: &str) -> Vec<f32> {
-    let bytes = std::fs::read(parity_dir().join("io.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensor(name)
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-fn io_ints(name: &str) -> Vec<i64> {
-    let bytes = std::fs::read(parity_dir().join("io.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensor(name)
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
         .collect()
 }
 

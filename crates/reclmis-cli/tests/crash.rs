@@ -2,7 +2,7 @@
 //! checkpoint writes), then `--resume`d, ends with the same weights as an uninterrupted run, bit
 //! for bit; and every checkpoint on disk after each kill loads.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,22 +11,8 @@ use reclmis::checkpoint::ours;
 use reclmis::model::weights::named_tensors;
 use reclmis::rng::SplitMix64;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("reclmis-crash-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 fn reclmis() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_reclmis"));

@@ -4,19 +4,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn shared() -> PathBuf {
-    std::env::var_os("RECLMIS_SHARED")
-        .map(Into::into)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
-
-fn parity_dir() -> PathBuf {
-    shared().join("reference/official-parity/qata")
-}
+mod common;
+use common::{io_floats, parity_dir};
 
 /// A running `reclmis serve`, killed when dropped.
 struct Server {
@@ -175,17 +168,6 @@ fn segment(addr: SocketAddr, fields: &[Field]) -> Reply {
     request(addr, "POST", "/api/segment", &content_type, &body)
 }
 
-fn io_floats(name: &str) -> Vec<f32> {
-    let bytes = std::fs::read(parity_dir().join("io.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensor(name)
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
 /// The first parity image's bytes, file name and note.
 fn parity_input() -> (Vec<u8>, String, String) {
     let dir = parity_dir();
@@ -212,8 +194,11 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
         out.extend_from_slice(&(data.len() as u32).to_be_bytes());
         out.extend_from_slice(kind);
         out.extend_from_slice(data);
-        // The CRC is not checked before the dimensions are read; any value will do here.
-        out.extend_from_slice(&crc32(kind, data).to_be_bytes());
+        // The decoder checks each chunk's CRC (over its kind and data) before using it.
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(&crc.sum().to_be_bytes());
     }
     let mut ihdr = Vec::new();
     ihdr.extend_from_slice(&w.to_be_bytes());
@@ -224,21 +209,6 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
     chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00]);
     chunk(&mut out, b"IEND", &[]);
     out
-}
-
-fn crc32(kind: &[u8], data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in kind.iter().chain(data) {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[test]
