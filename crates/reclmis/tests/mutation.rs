@@ -186,15 +186,20 @@ fn the_notes_readers() {
     });
 }
 
-#[test]
-fn the_image_readers() {
+/// The first PNG (by name) of the QaTa test subset.
+fn first_test_png() -> PathBuf {
     let img = shared().join("data/qata-cov19/Test_Folder/img");
-    let first = std::fs::read_dir(&img)
+    std::fs::read_dir(&img)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "png"))
         .min()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn the_image_readers() {
+    let first = first_test_png();
     let seed = std::fs::read(&first).unwrap();
     fuzz("image.png", &seed, |p| {
         let a = err(load_image(p, 32));
@@ -206,13 +211,7 @@ fn the_image_readers() {
 
 /// The first QaTa test image as 8-bit grey, `(width, height, values)`.
 fn real_grey() -> (u16, u16, Vec<u8>) {
-    let img = shared().join("data/qata-cov19/Test_Folder/img");
-    let first = std::fs::read_dir(&img)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .min()
-        .unwrap();
+    let first = first_test_png();
     let grey = read_grey(&first).unwrap();
     (grey.width as u16, grey.height as u16, grey.data)
 }
