@@ -131,6 +131,18 @@ pub(crate) struct SyncPtr(pub(crate) *mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
+impl SyncPtr {
+    /// The pointer `i` elements on. A method, so closures capture the `SyncPtr`, not its field.
+    ///
+    /// # Safety
+    /// As `pointer::add`: the result must stay inside the allocation.
+    #[inline]
+    pub(crate) unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { self.0.add(i) }
+    }
+}
+
 /// One image's output rows `rows`.
 #[derive(Clone, Debug)]
 pub(crate) struct Tile {
@@ -201,7 +213,7 @@ fn im2col(x: &[f32], s: &ConvShape, rows: &Range<usize>, col: &mut [f32]) {
 /// Every pointer must address the full strided matrix it describes, and `dst` must not be
 /// written by anyone else meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn sgemm(
+pub(crate) unsafe fn sgemm(
     (m, n, kd): (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,

@@ -9,6 +9,7 @@
 
 pub mod bf16;
 pub mod cpu;
+pub mod plam;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -132,6 +133,43 @@ pub trait FastOps: burn::backend::Backend {
 
     /// 2×2 max pooling, stride 2, over `[B, C, H, W]`.
     fn fast_maxpool2(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// The decoder's pixel-level attention ([`plam`]) on a skip `[B, C, H, W]`: 1×1 weights
+    /// `[C, C, 1, 1]` of the mean and max paths, then the 3 → 6 → 1 MLP's weights and biases.
+    #[allow(clippy::too_many_arguments)]
+    fn fast_plam(
+        s: FloatTensor<Self>,
+        w_avg: FloatTensor<Self>,
+        w_max: FloatTensor<Self>,
+        l0w: FloatTensor<Self>,
+        l0b: FloatTensor<Self>,
+        l2w: FloatTensor<Self>,
+        l2b: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+/// PLAM's parameters, in the order of the autodiff parents after the input.
+#[derive(Clone, Debug)]
+pub struct PlamParams<T> {
+    pub w_avg: T,
+    pub w_max: T,
+    pub l0w: T,
+    pub l0b: T,
+    pub l2w: T,
+    pub l2b: T,
+}
+
+impl<T> PlamParams<T> {
+    fn map<U>(self, f: impl Fn(T) -> U) -> PlamParams<U> {
+        PlamParams {
+            w_avg: f(self.w_avg),
+            w_max: f(self.w_max),
+            l0w: f(self.l0w),
+            l0b: f(self.l0b),
+            l2w: f(self.l2w),
+            l2b: f(self.l2b),
+        }
+    }
 }
 
 fn contiguous_f32(t: FlexTensor) -> FlexTensor {
@@ -242,7 +280,49 @@ fn maxpool_forward(x: &FlexTensor) -> (FlexTensor, Vec<u8>) {
     (flex(y, vec![b, c, h / 2, w / 2]), idx)
 }
 
+/// `[Wa; Wm]` as one `[2C, C]` matrix, the shape and the forward pass of [`plam`].
+fn plam_forward(
+    s: &FlexTensor,
+    p: &PlamParams<FlexTensor>,
+) -> (FlexTensor, Vec<f32>, plam::PlamShape, plam::Saved) {
+    let [b, c, h, w] = s.shape().dims::<4>();
+    let sh = plam::PlamShape { b, c, hw: h * w };
+    let w2 = [data(&p.w_avg), data(&p.w_max)].concat();
+    let mut y = vec![0.0f32; b * c * h * w];
+    let saved = plam::plam_forward(data(s), &w2, plam_mlp(p), sh, &mut y);
+    (flex(y, vec![b, c, h, w]), w2, sh, saved)
+}
+
+fn plam_mlp(p: &PlamParams<FlexTensor>) -> plam::Mlp<'_> {
+    plam::Mlp {
+        l0w: data(&p.l0w),
+        l0b: data(&p.l0b),
+        l2w: data(&p.l2w),
+        l2b: data(&p.l2b),
+    }
+}
+
 impl FastOps for Flex {
+    fn fast_plam(
+        s: FlexTensor,
+        w_avg: FlexTensor,
+        w_max: FlexTensor,
+        l0w: FlexTensor,
+        l0b: FlexTensor,
+        l2w: FlexTensor,
+        l2b: FlexTensor,
+    ) -> FlexTensor {
+        let p = PlamParams {
+            w_avg,
+            w_max,
+            l0w,
+            l0b,
+            l2w,
+            l2b,
+        };
+        plam_forward(&contiguous_f32(s), &p.map(contiguous_f32)).0
+    }
+
     fn fast_maxpool2(x: FlexTensor) -> FlexTensor {
         maxpool_forward(&contiguous_f32(x)).0
     }
@@ -419,7 +499,105 @@ impl Backward<Flex, 1> for PoolBackward {
     }
 }
 
+#[derive(Clone, Debug)]
+struct PlamState {
+    s: FlexTensor,
+    w2: Arc<Vec<f32>>,
+    params: PlamParams<FlexTensor>,
+    shape: plam::PlamShape,
+    saved: Arc<plam::Saved>,
+}
+
+#[derive(Debug)]
+struct PlamBackward;
+
+impl Backward<Flex, 7> for PlamBackward {
+    type State = PlamState;
+
+    fn backward(self, ops: Ops<PlamState, 7>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = contiguous_f32(grads.consume::<Flex>(&ops.node));
+        let st = ops.state;
+        let sh = st.shape;
+        let c = sh.c;
+        let mut ds = vec![0.0f32; sh.b * c * sh.hw];
+        let mut dw2 = vec![0.0f32; 2 * c * c];
+        let g = plam::plam_backward(
+            data(&dy),
+            data(&st.s),
+            &st.w2,
+            plam_mlp(&st.params),
+            &st.saved,
+            sh,
+            &mut ds,
+            &mut dw2,
+        );
+        let dw_max = dw2.split_off(c * c);
+        let outs = [
+            (ds, st.s.shape().as_slice().to_vec()),
+            (dw2, vec![c, c, 1, 1]),
+            (dw_max, vec![c, c, 1, 1]),
+            (g.l0w, vec![plam::HIDDEN, 3]),
+            (g.l0b, vec![plam::HIDDEN]),
+            (g.l2w, vec![1, plam::HIDDEN]),
+            (g.l2b, vec![1]),
+        ];
+        for (node, (values, shape)) in ops.parents.into_iter().zip(outs) {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, flex(values, shape));
+            }
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
+    fn fast_plam(
+        s: FloatTensor<Self>,
+        w_avg: FloatTensor<Self>,
+        w_max: FloatTensor<Self>,
+        l0w: FloatTensor<Self>,
+        l0b: FloatTensor<Self>,
+        l2w: FloatTensor<Self>,
+        l2b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let p = PlamParams {
+            w_avg,
+            w_max,
+            l0w,
+            l0b,
+            l2w,
+            l2b,
+        };
+        let sp = contiguous_f32(s.primitive().clone());
+        let params = p.clone().map(|t| contiguous_f32(t.primitive().clone()));
+        let (y, w2, shape, saved) = plam_forward(&sp, &params);
+        let parents = [
+            s.node(),
+            p.w_avg.node(),
+            p.w_max.node(),
+            p.l0w.node(),
+            p.l0b.node(),
+            p.l2w.node(),
+            p.l2b.node(),
+        ];
+        match PlamBackward
+            .prepare::<C>(parents)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                PlamState {
+                    s: sp,
+                    w2: Arc::new(w2),
+                    params,
+                    shape,
+                    saved: Arc::new(saved),
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
     fn fast_maxpool2(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let xp = contiguous_f32(x.primitive().clone());
         let dims = xp.shape().dims::<4>();
@@ -519,6 +697,26 @@ pub fn conv(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, relu: bool) -> Ten
 pub fn maxpool2(x: Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(<burn::backend::Dispatch as FastOps>::fast_maxpool2(
         x.into_dispatch(),
+    ))
+}
+
+/// The decoder's pixel-level attention through our fused kernel ([`plam`]): `s [B, C, H, W]`,
+/// the 1×1 weights `[C, C, 1, 1]` of its mean and max paths, and its MLP's `Linear` weights and
+/// biases (`[6, 3]`, `[6]`, `[1, 6]`, `[1]`).
+pub fn plam(
+    s: Tensor<4>,
+    [w_avg, w_max]: [Tensor<4>; 2],
+    (l0w, l0b): (Tensor<2>, Tensor<1>),
+    (l2w, l2b): (Tensor<2>, Tensor<1>),
+) -> Tensor<4> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FastOps>::fast_plam(
+        s.into_dispatch(),
+        w_avg.into_dispatch(),
+        w_max.into_dispatch(),
+        l0w.into_dispatch(),
+        l0b.into_dispatch(),
+        l2w.into_dispatch(),
+        l2b.into_dispatch(),
     ))
 }
 

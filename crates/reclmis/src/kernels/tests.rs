@@ -2,6 +2,7 @@ use burn::tensor::Gradients;
 
 use super::test_util::rel_err;
 use super::*;
+use crate::model::decoder::PixLevelModule;
 use crate::model::encoder::ConvBatchNorm;
 use crate::model::init::Init;
 use crate::model::nn::{BatchNorm, Conv2d};
@@ -169,4 +170,43 @@ fn folded_inference_block_matches_conv_then_batch_norm() {
     let e = rel_err(&host(&ours), &host(&reference));
     assert!(e <= 1e-5, "folded conv+BN+ReLU: rel err {e:.2e}");
     assert!(enabled(&Device::flex()));
+}
+
+#[test]
+fn plam_matches_burn_forward_and_gradients() {
+    // Sizes cover one tile, several tiles per image and a ragged last tile.
+    for (i, &(b, c, h, w)) in [(2, 3, 5, 7), (2, 16, 50, 50), (1, 70, 23, 31)]
+        .iter()
+        .enumerate()
+    {
+        let mut init = Init::new(60 + i as u64, &device());
+        let plam = PixLevelModule::new(c, &mut init);
+        let s = random(&mut init, [b, c, h, w]).require_grad();
+        let r = random(&mut init, [b, c, h, w]);
+        let (l0, l2) = (&plam.bottleneck.layer0, &plam.bottleneck.layer2);
+        let run = |y: Tensor<4>| {
+            let grads = (y.clone() * r.clone()).sum().backward();
+            vec![
+                host(&y),
+                grad(&s, &grads),
+                grad(&plam.conv_avg.weight.val(), &grads),
+                grad(&plam.conv_max.weight.val(), &grads),
+                grad(&l0.weight.val(), &grads),
+                grad(&l0.bias.val(), &grads),
+                grad(&l2.weight.val(), &grads),
+                grad(&l2.bias.val(), &grads),
+            ]
+        };
+        let reference = run(plam.forward_burn(s.clone()));
+        test_util::in_pools(|| {
+            let ours = run(plam.forward(s.clone()));
+            for (j, (o, r)) in ours.iter().zip(&reference).enumerate() {
+                let e = rel_err(o, r);
+                assert!(
+                    e <= 1e-5,
+                    "case {i}, tensor {j} (y, ds, dWa, dWm, dL0, db0, dL2, db2): rel err {e:.2e}"
+                );
+            }
+        });
+    }
 }

@@ -7,6 +7,7 @@ use burn::tensor::activation::relu;
 use super::encoder::{ConvBatchNorm, forward_convs, n_convs};
 use super::init::Init;
 use super::nn::{Conv2d, Mlp2};
+use crate::kernels;
 
 /// `PixLevelModule(C)`: a per-pixel gate from channel-mean and channel-max statistics.
 #[derive(Module, Debug)]
@@ -39,8 +40,22 @@ impl PixLevelModule {
 
     // s [B, C, H, W] -> z ⊙ s
     pub fn forward(&self, s: Tensor<4>) -> Tensor<4> {
-        let a = relu(self.conv_avg.forward(s.clone())).mean_dim(1); // [B, 1, H, W]
-        let m = relu(self.conv_max.forward(s.clone())).max_dim(1); // [B, 1, H, W]
+        if kernels::enabled(&s.device()) {
+            let (l0, l2) = (&self.bottleneck.layer0, &self.bottleneck.layer2);
+            return kernels::plam(
+                s,
+                [self.conv_avg.weight.val(), self.conv_max.weight.val()],
+                (l0.weight.val(), l0.bias.val()),
+                (l2.weight.val(), l2.bias.val()),
+            );
+        }
+        self.forward_burn(s)
+    }
+
+    /// The same with burn's ops: the path of other devices, and the kernels' reference.
+    pub fn forward_burn(&self, s: Tensor<4>) -> Tensor<4> {
+        let a = relu(self.conv_avg.forward_burn(s.clone())).mean_dim(1); // [B, 1, H, W]
+        let m = relu(self.conv_max.forward_burn(s.clone())).max_dim(1); // [B, 1, H, W]
         let f = Tensor::cat(vec![a.clone(), m.clone(), a + m], 1); // [B, 3, H, W]
         let f = f.permute([0, 2, 3, 1]); // [B, H, W, 3]
         let z = self.bottleneck.forward(f); // [B, H, W, 1]
