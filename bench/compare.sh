@@ -51,8 +51,10 @@ d = Path(sys.argv[1])
 load = lambda f: json.loads((d / f).read_text())
 ours, ours16, tf32, tbf16 = (load(f) for f in
                              ("reclmis.json", "reclmis-bf16.json", "torch-fp32.json", "torch-bf16.json"))
+print(f"cpu: {ours.get('cpu', '?')}")
 print(f"threads: reclmis {ours['threads']}, torch {tf32['threads']}; {ours['backend']}, "
-      f"{ours.get('kernels', '?')} kernels; {tf32['backend']}")
+      f"{ours.get('kernels', '?')} kernels ({ours.get('isa', '?')}); {tf32['backend']} "
+      f"({tf32.get('isa', '?')}, oneDNN {tf32.get('onednn_isa', '?')})")
 print(f"reclmis bf16 run: {ours16['precision']}")
 cols = [("reclmis fp32", ours), ("reclmis bf16", ours16), ("torch fp32", tf32), ("torch bf16", tbf16)]
 print(f"{'':<14}" + "".join(f"{n:>14}" for n, _ in cols)

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -643,6 +644,22 @@ def run_check(args) -> int:
 
 # ---------------------------------------------------------------- --bench
 
+def onednn_isa() -> str:
+    """The instruction set oneDNN reports for this CPU (its verbose banner, from a child process,
+    since the banner is printed once, when oneDNN first starts)."""
+    probe = ("import torch; x = torch.ones(1, 3, 8, 8, dtype=torch.bfloat16); "
+             "torch.nn.functional.conv2d(x, torch.ones(4, 3, 3, 3, dtype=torch.bfloat16))")
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "ONEDNN_VERBOSE": "1"},
+                             capture_output=True, text=True, timeout=300).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    for line in out.splitlines():
+        if ",cpu,isa:" in line:
+            return line.split(",cpu,isa:", 1)[1].strip()
+    return "unknown"
+
+
 def peak_rss_mb() -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -714,6 +731,9 @@ def run_bench(args) -> dict:
         "peak_rss_mb": peak_rss_mb(),
         "backend": f"pytorch {torch.__version__}",
         "threads": torch.get_num_threads(),
+        # ATen's vector ISA; oneDNN picks its own kernels at run time (ONEDNN_VERBOSE=1 names them).
+        "isa": str(torch.backends.cpu.get_cpu_capability()),
+        "onednn_isa": onednn_isa(),
         "precision": "bf16" if args.bf16 else "fp32",
         "config": {"image_size": args.image_size, "batch_size": args.batch_size, "steps": args.steps,
                    "infer_reps": args.infer_reps},

@@ -554,7 +554,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
     } else {
         println!(
             "training step {:.2}s (batch {}, {} px) | inference {:.2}s (batch 1), {:.2}s (batch 4) \
-             | peak RSS {:.0} MiB | {} threads, {}, {}, {} kernels",
+             | peak RSS {:.0} MiB | {} threads, {}, {}, {} kernels ({}) | {}",
             r.train_step_s,
             bc.batch_size,
             bc.image_size,
@@ -564,7 +564,9 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
             r.threads,
             r.backend,
             r.precision,
-            r.kernels
+            r.kernels,
+            r.isa,
+            r.cpu
         );
     }
     Ok(())

@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::AdamConfig;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +11,7 @@ use crate::model::{Branches, ModelConfig, RecLMIS, TokenBatch, to_vec};
 use crate::rng::SplitMix64;
 use crate::step;
 use crate::tokenizer::{Tokenizer, pad_note};
+use crate::train::adam::FusedAdam;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BenchConfig {
@@ -48,6 +48,12 @@ pub struct BenchResult {
     pub precision: String,
     /// `ours` or `burn`: which conv/BatchNorm kernels ran.
     pub kernels: String,
+    /// The instruction set the kernels chose at run time (`avx512f`, `avx2+fma`, …).
+    #[serde(default)]
+    pub isa: String,
+    /// The CPU's model name, so a record says what it ran on.
+    #[serde(default)]
+    pub cpu: String,
     pub config: BenchConfig,
     pub train_steps_s: Vec<f64>,
 }
@@ -99,7 +105,7 @@ pub fn run(bc: &BenchConfig, on_progress: &mut dyn FnMut(&str)) -> BenchResult {
     let mut rng = SplitMix64::new(11);
     let mut model = RecLMIS::new(&cfg, 1, &device);
     model.clip = model.clip.set_require_grad(false);
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
+    let mut optim = FusedAdam::init(1e-8);
 
     let mut times = Vec::new();
     for i in 0..=bc.steps {
@@ -155,6 +161,8 @@ pub fn run(bc: &BenchConfig, on_progress: &mut dyn FnMut(&str)) -> BenchResult {
             crate::kernels::KernelChoice::Ours => "ours".into(),
             crate::kernels::KernelChoice::Burn => "burn".into(),
         },
+        isa: crate::kernels::isa(),
+        cpu: crate::kernels::cpu_model(),
         config: bc.clone(),
         train_steps_s: times,
     }

@@ -473,6 +473,43 @@ pub fn conv_weight_grad(
     }
 }
 
+/// Scalars of one Adam step, all float32 as burn's `Adam` computes them.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    pub lr: f32,
+    pub beta_1: f32,
+    pub beta_2: f32,
+    /// `sqrt(1 - β2^t) / (1 - β1^t)`
+    pub combined: f32,
+    /// `ε · sqrt(1 - β2^t)`
+    pub eps_bc: f32,
+}
+
+/// One Adam step in place, in a single pass over parameter, gradient and moments; each element
+/// goes through the same float32 operations, in the same order, as burn's tensor-op `Adam`
+/// (which makes eleven passes), so the results are bit-identical to it.
+pub fn adam_update(p: &mut [f32], g: &[f32], m1: &mut [f32], m2: &mut [f32], h: AdamStep) {
+    assert!(
+        g.len() == p.len() && m1.len() == p.len() && m2.len() == p.len(),
+        "adam_update: parameter, gradient and moments differ in length"
+    );
+    let (f1, f2) = (1.0 - h.beta_1, 1.0 - h.beta_2);
+    let chunk = (p.len() / (4 * rayon::current_num_threads().max(1))).max(1 << 14);
+    p.par_chunks_mut(chunk)
+        .zip(g.par_chunks(chunk))
+        .zip(m1.par_chunks_mut(chunk))
+        .zip(m2.par_chunks_mut(chunk))
+        .for_each(|(((p, g), m1), m2)| {
+            for i in 0..p.len() {
+                let a = m1[i] * h.beta_1 + g[i] * f1;
+                let b = m2[i] * h.beta_2 + (g[i] * g[i]) * f2;
+                m1[i] = a;
+                m2[i] = b;
+                p[i] -= (a * h.combined) / (b.sqrt() + h.eps_bc) * h.lr;
+            }
+        });
+}
+
 /// Lanes of the f64 accumulators: independent partial sums so the add latency does not
 /// serialise the loop, laid out so LLVM turns each step into vector ops.
 const LANES: usize = 8;

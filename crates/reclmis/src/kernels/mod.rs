@@ -101,6 +101,39 @@ pub fn precision_label() -> String {
     }
 }
 
+/// The instruction set our fp32 kernels (and the gemm under them) use on this CPU, detected at
+/// run time: `avx512f`, `avx2+fma` or `scalar`; with `+avx512bf16` where the bf16 kernels can run.
+pub fn isa() -> String {
+    #[cfg(target_arch = "x86_64")]
+    let base = if is_x86_feature_detected!("avx512f") {
+        "avx512f"
+    } else if is_x86_feature_detected!("fma") && is_x86_feature_detected!("avx2") {
+        "avx2+fma"
+    } else {
+        "scalar"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let base = "portable";
+    if bf16::bf16_supported() {
+        format!("{base}+avx512bf16")
+    } else {
+        base.into()
+    }
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), for benchmark records; `unknown` elsewhere.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Whether tensors on `device` go through our kernels.
 pub fn enabled(device: &Device) -> bool {
     kernels() == KernelChoice::Ours
@@ -133,6 +166,20 @@ pub trait FastOps: burn::backend::Backend {
 
     /// 2×2 max pooling, stride 2, over `[B, C, H, W]`.
     fn fast_maxpool2(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// One Adam update of a parameter, fused ([`cpu::adam_update`]): returns the new parameter
+    /// and moments. `combined` and `eps_bc` are Adam's bias-corrected factors for this step.
+    #[allow(clippy::too_many_arguments)]
+    fn fast_adam(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        lr: f64,
+        betas: (f64, f64),
+        combined: f64,
+        eps_bc: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// The decoder's pixel-level attention ([`plam`]) on a skip `[B, C, H, W]`: 1×1 weights
     /// `[C, C, 1, 1]` of the mean and max paths, then the 3 → 6 → 1 MLP's weights and biases.
@@ -302,7 +349,57 @@ fn plam_mlp(p: &PlamParams<FlexTensor>) -> plam::Mlp<'_> {
     }
 }
 
+/// Contiguous float32 storage of `t`, owned by the result (copied only where shared).
+fn owned_f32(t: FlexTensor) -> FlexTensor {
+    let mut t = contiguous_f32(t);
+    let _ = t.storage_mut::<f32>();
+    t
+}
+
+#[allow(clippy::too_many_arguments)]
+fn adam_flex(
+    param: FlexTensor,
+    grad: FlexTensor,
+    m1: FlexTensor,
+    m2: FlexTensor,
+    lr: f64,
+    (b1, b2): (f64, f64),
+    combined: f64,
+    eps_bc: f64,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let grad = contiguous_f32(grad);
+    let (mut p, mut m1, mut m2) = (owned_f32(param), owned_f32(m1), owned_f32(m2));
+    let h = cpu::AdamStep {
+        lr: lr as f32,
+        beta_1: b1 as f32,
+        beta_2: b2 as f32,
+        combined: combined as f32,
+        eps_bc: eps_bc as f32,
+    };
+    cpu::adam_update(
+        p.storage_mut(),
+        data(&grad),
+        m1.storage_mut(),
+        m2.storage_mut(),
+        h,
+    );
+    (p, m1, m2)
+}
+
 impl FastOps for Flex {
+    fn fast_adam(
+        param: FlexTensor,
+        grad: FlexTensor,
+        moment_1: FlexTensor,
+        moment_2: FlexTensor,
+        lr: f64,
+        betas: (f64, f64),
+        combined: f64,
+        eps_bc: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        adam_flex(param, grad, moment_1, moment_2, lr, betas, combined, eps_bc)
+    }
+
     fn fast_plam(
         s: FlexTensor,
         w_avg: FlexTensor,
@@ -550,6 +647,34 @@ impl Backward<Flex, 7> for PlamBackward {
 }
 
 impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
+    fn fast_adam(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        lr: f64,
+        betas: (f64, f64),
+        combined: f64,
+        eps_bc: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // An optimiser step is never differentiated: the results are untracked.
+        let (p, m1, m2) = adam_flex(
+            param.primitive().clone(),
+            grad.primitive().clone(),
+            moment_1.primitive().clone(),
+            moment_2.primitive().clone(),
+            lr,
+            betas,
+            combined,
+            eps_bc,
+        );
+        (
+            FloatTensor::<Self>::new(p),
+            FloatTensor::<Self>::new(m1),
+            FloatTensor::<Self>::new(m2),
+        )
+    }
+
     fn fast_plam(
         s: FloatTensor<Self>,
         w_avg: FloatTensor<Self>,
@@ -698,6 +823,34 @@ pub fn maxpool2(x: Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(<burn::backend::Dispatch as FastOps>::fast_maxpool2(
         x.into_dispatch(),
     ))
+}
+
+/// One fused Adam update through our kernels: the new parameter and moments.
+#[allow(clippy::too_many_arguments)]
+pub fn adam<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moments: (Tensor<D>, Tensor<D>),
+    lr: f64,
+    betas: (f64, f64),
+    combined: f64,
+    eps_bc: f64,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    let (p, m1, m2) = <burn::backend::Dispatch as FastOps>::fast_adam(
+        param.into_dispatch(),
+        grad.into_dispatch(),
+        moments.0.into_dispatch(),
+        moments.1.into_dispatch(),
+        lr,
+        betas,
+        combined,
+        eps_bc,
+    );
+    (
+        Tensor::from_dispatch(p),
+        Tensor::from_dispatch(m1),
+        Tensor::from_dispatch(m2),
+    )
 }
 
 /// The decoder's pixel-level attention through our fused kernel ([`plam`]): `s [B, C, H, W]`,

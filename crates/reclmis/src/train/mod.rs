@@ -1,6 +1,7 @@
 //! Training (docs §2): the run's config ([`config`]) and the loop that runs it ([`trainer`]);
 //! batches and the step itself live in [`crate::step`], shared with evaluation and the benchmark.
 
+pub mod adam;
 pub mod config;
 pub mod trainer;
 

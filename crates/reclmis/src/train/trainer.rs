@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
+
+use crate::train::adam::FusedAdam;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -201,7 +203,7 @@ impl Trainer {
         let paths = out.map(|d| RunPaths {
             dir: d.to_path_buf(),
         });
-        let optim = AdamConfig::new().with_epsilon(1e-8).init();
+        let optim = FusedAdam::init(1e-8);
         if let Some(p) = &paths {
             p.remove_interrupted_writes();
         }
