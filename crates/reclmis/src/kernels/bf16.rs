@@ -94,6 +94,41 @@ pub fn conv_weight_grad_bf16(
     cpu::conv_weight_grad(x, dy, s, dw, dbias);
 }
 
+/// A strided `f32` matrix: element `(i, j)` is `data[i · rs + j · cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Mat<'_> {
+    #[inline]
+    fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.rs + j * self.cs]
+    }
+}
+
+/// `c [m, n] (row-major) = a [m, k] · b [k, n]` with bf16 operands and f32 accumulation (AMX
+/// tiles where available), rows split over the threads; f32 where [`bf16_supported`] is false.
+pub fn matmul_bf16((m, n, k): (usize, usize, usize), a: Mat, b: Mat, c: &mut [f32]) {
+    assert_eq!(c.len(), m * n, "matmul output length");
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if bf16_supported() && k > 0 {
+        // SAFETY: the CPU has AVX-512 F, BW and BF16 (checked just above).
+        unsafe { avx512::matmul((m, n, k), a, b, c) };
+        return;
+    }
+    for (i, row) in c.chunks_exact_mut(n).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = (0..k).map(|l| a.at(i, l) * b.at(l, j)).sum();
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -101,6 +136,7 @@ mod avx512 {
 
     use rayon::prelude::*;
 
+    use super::super::amx::{self, KT};
     use super::cpu::{self, ConvShape, SyncPtr, Tile};
 
     /// Rows of `C` per microkernel call (`A` lanes broadcast per `k` pair).
@@ -351,8 +387,13 @@ mod avx512 {
         let (m_panels, n_panels) = (m.div_ceil(MR), n.div_ceil(NR));
         assert!(bias.is_none_or(|b| b.len() >= m), "gemm bias length");
         assert!(a.len() >= m * kp, "gemm lhs length");
-        // Equal blocks: a short last one would reload `C` for little work.
-        let step = kp.div_ceil(kp.div_ceil(KC).max(1)).max(1);
+        let amx = super::super::amx::available();
+        // Equal blocks: a short last one would reload `C` for little work. On AMX, whole tiles
+        // of `k`, so only the last block has a tail.
+        let mut step = kp.div_ceil(kp.div_ceil(KC).max(1)).max(1);
+        if amx {
+            step = step.next_multiple_of(KT);
+        }
         for k0 in (0..kp).step_by(step) {
             let kc = step.min(kp - k0);
             let (first, last) = (k0 == 0, k0 + kc == kp);
@@ -360,7 +401,62 @@ mod avx512 {
                 let width = panel_width(n, j);
                 let b_panel = &b[j * kp * NR + k0 * width..][..kc * width];
                 let n_valid = (n - j * NR).min(NR);
-                for i in 0..m_panels {
+                // Rows in whole 16-row tiles and `k` in whole tiles go through AMX.
+                let (m16, kc16) = if amx {
+                    (m / 16 * 16, kc / KT * KT)
+                } else {
+                    (0, 0)
+                };
+                let amx_rows = if kc16 > 0 { m16 } else { 0 };
+                for i in (0..amx_rows).step_by(16) {
+                    let epi = Epilogue {
+                        load_c: accumulate || !first,
+                        bias: bias
+                            .filter(|_| first && !accumulate)
+                            .map(|b| b[i..].as_ptr()),
+                        relu: relu && last && kc16 == kc,
+                    };
+                    let mut p = [0.0f32; 16 * NR];
+                    let ap = a[i * kp + k0..].as_ptr();
+                    // SAFETY: AMX is available; rows `i..i + 16` of `a` hold `kp ≥ k0 + kc16`
+                    // pairs at stride `kp`; the `B` panel holds `kc ≥ kc16` rows of `width`.
+                    unsafe {
+                        let bp = b_panel.as_ptr();
+                        match width / 16 {
+                            1 => amx::block::<1>(kc16, ap, kp, bp, width, &mut p),
+                            2 => amx::block::<2>(kc16, ap, kp, bp, width, &mut p),
+                            _ => amx::block::<NV>(kc16, ap, kp, bp, width, &mut p),
+                        }
+                    }
+                    // SAFETY: the `C` block at (i, j·NR) lies in the caller's `m × n` block.
+                    unsafe {
+                        store_product(&p, width, c.add(i * ldc + j * NR), ldc, n_valid, epi);
+                    }
+                    if kc16 < kc {
+                        // The `k` tail of these rows, added by the AVX-512 microkernel.
+                        let tail = Epilogue {
+                            load_c: true,
+                            bias: None,
+                            relu: relu && last,
+                        };
+                        for r0 in [i, i + MR] {
+                            let ap =
+                                std::array::from_fn(|r| a[(r0 + r) * kp + k0 + kc16..].as_ptr());
+                            // SAFETY: as for the panels below, `kc16` pairs further on.
+                            unsafe {
+                                let bp = b_panel.as_ptr().add(kc16 * width);
+                                let cp = c.add(r0 * ldc + j * NR);
+                                let kt = kc - kc16;
+                                match width / 16 {
+                                    1 => micro::<1>(kt, ap, bp, cp, ldc, MR, n_valid, tail),
+                                    2 => micro::<2>(kt, ap, bp, cp, ldc, MR, n_valid, tail),
+                                    _ => micro::<NV>(kt, ap, bp, cp, ldc, MR, n_valid, tail),
+                                }
+                            }
+                        }
+                    }
+                }
+                for i in amx_rows / MR..m_panels {
                     let epi = Epilogue {
                         load_c: accumulate || !first,
                         bias: bias
@@ -385,6 +481,45 @@ mod avx512 {
                             _ => micro::<NV>(kc, ap, bp, cp, ldc, m_valid, n_valid, epi),
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Writes a 16-row product `p` (row stride `pw`) into `C` with the epilogue, columns
+    /// `..n_valid`.
+    ///
+    /// # Safety
+    /// `c` must address 16 rows of `n_valid` floats at stride `ldc`, written by no one else
+    /// meanwhile; `epi.bias`, if any, 16 floats.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_product(
+        p: &[f32],
+        pw: usize,
+        c: *mut f32,
+        ldc: usize,
+        n_valid: usize,
+        epi: Epilogue,
+    ) {
+        let zero = _mm512_setzero_ps();
+        for i in 0..16 {
+            for l in (0..n_valid).step_by(16) {
+                let lanes = (n_valid - l).min(16);
+                let mask = (u32::MAX >> (32 - lanes)) as __mmask16;
+                // SAFETY: lanes `< lanes` of this row lie in the block (caller's contract);
+                // `p` holds 16 rows of `pw ≥ n_valid` floats.
+                unsafe {
+                    let ptr = c.add(i * ldc + l);
+                    let mut r = _mm512_loadu_ps(p.as_ptr().add(i * pw + l));
+                    if epi.load_c {
+                        r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask, ptr));
+                    } else if let Some(bias) = epi.bias {
+                        r = _mm512_add_ps(r, _mm512_set1_ps(*bias.add(i)));
+                    }
+                    if epi.relu {
+                        r = _mm512_max_ps(zero, r);
+                    }
+                    _mm512_mask_storeu_ps(ptr, mask, r);
                 }
             }
         }
@@ -547,6 +682,110 @@ mod avx512 {
                 }
             }
         }
+    }
+
+    /// [`super::matmul_bf16`] on AVX-512 BF16 (and AMX): `B` packed once, `A` per row block.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn matmul(
+        (m, n, k): (usize, usize, usize),
+        a: super::Mat,
+        b: super::Mat,
+        c: &mut [f32],
+    ) {
+        let kp = k.div_ceil(2);
+        // B as [n / NR][kp][width] pairs of neighbouring rows.
+        let n_panels = n.div_ceil(NR);
+        let mut bp = vec![0u32; n_panels * NR * kp];
+        let panel_len = |j: usize| kp * panel_width(n, j);
+        let mut panels: Vec<&mut [u32]> = Vec::with_capacity(n_panels);
+        let mut rest = &mut bp[..];
+        for j in 0..n_panels {
+            let (head, tail) = rest.split_at_mut(panel_len(j));
+            panels.push(head);
+            rest = tail;
+        }
+        panels.into_par_iter().enumerate().for_each(|(j, dst)| {
+            let width = panel_width(n, j);
+            let cols = j * NR..(j * NR + width).min(n);
+            if b.rs == 1 {
+                // Columns of `B` are contiguous (a weight read transposed): pair each column
+                // along `k` at once, then scatter the pairs into the panel.
+                let mut col_pairs = vec![0u32; kp];
+                for (l, col) in cols.clone().enumerate() {
+                    to_pairs(&b.data[col * b.cs..col * b.cs + k], &mut col_pairs);
+                    for (p, &v) in col_pairs.iter().enumerate() {
+                        dst[p * width + l] = v;
+                    }
+                }
+                return;
+            }
+            let (mut lo, mut hi) = ([0.0f32; 16], [0.0f32; 16]);
+            for p in 0..kp {
+                for g in 0..width / 16 {
+                    let c0 = j * NR + 16 * g;
+                    let lanes = n.saturating_sub(c0).min(16);
+                    let row = |r: usize, out: &mut [f32; 16]| {
+                        out.fill(0.0);
+                        if r < k {
+                            if b.cs == 1 {
+                                let start = r * b.rs + c0;
+                                out[..lanes].copy_from_slice(&b.data[start..start + lanes]);
+                            } else {
+                                for (l, v) in out.iter_mut().enumerate().take(lanes) {
+                                    *v = b.at(r, c0 + l);
+                                }
+                            }
+                        }
+                    };
+                    row(2 * p, &mut lo);
+                    row(2 * p + 1, &mut hi);
+                    // SAFETY: `lo`/`hi` hold 16 floats; `dst` has room for this group.
+                    unsafe {
+                        let v = pairs_across(
+                            _mm512_loadu_ps(lo.as_ptr()),
+                            _mm512_loadu_ps(hi.as_ptr()),
+                        );
+                        _mm512_storeu_si512(dst[p * width + 16 * g..].as_mut_ptr().cast(), v);
+                    }
+                }
+            }
+        });
+        let threads = rayon::current_num_threads().max(1);
+        // Row blocks of whole AMX tiles where there are enough rows.
+        let block = m.div_ceil(threads).next_multiple_of(16).max(16);
+        c.par_chunks_mut(block * n)
+            .enumerate()
+            .for_each(|(t, c_rows)| {
+                let rows = t * block..(t * block + c_rows.len() / n);
+                let mut ap = vec![0u32; rows.len() * kp];
+                let mut buf = vec![0.0f32; k];
+                for (i, dst) in rows.clone().zip(ap.chunks_exact_mut(kp)) {
+                    if a.cs == 1 {
+                        to_pairs(&a.data[i * a.rs..i * a.rs + k], dst);
+                        continue;
+                    }
+                    for (l, v) in buf.iter_mut().enumerate() {
+                        *v = a.at(i, l);
+                    }
+                    to_pairs(&buf, dst);
+                }
+                // SAFETY: `c_rows` is this task's `rows × n` block (row stride `n`).
+                unsafe {
+                    gemm(
+                        (rows.len(), n, kp),
+                        &ap,
+                        &bp,
+                        c_rows.as_mut_ptr(),
+                        n,
+                        None,
+                        false,
+                        false,
+                    );
+                }
+            });
     }
 
     /// See [`super::conv_forward_bf16`]; shapes checked there, `kk > 0`.

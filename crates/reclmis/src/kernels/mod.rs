@@ -7,6 +7,8 @@
 //! (CUDA) and `RECLMIS_KERNELS=burn` keep burn's own ops, which are also the reference the tests
 //! compare against.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod bf16;
 pub mod cpu;
 pub mod plam;
@@ -180,6 +182,10 @@ pub trait FastOps: burn::backend::Backend {
         combined: f64,
         eps_bc: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `x [rows, din] · wᵀ` for a `Linear` weight `w [dout, din]`, with bf16 operands and f32
+    /// accumulation ([`bf16::matmul_bf16`]).
+    fn fast_linear_bf16(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// The decoder's pixel-level attention ([`plam`]) on a skip `[B, C, H, W]`: 1×1 weights
     /// `[C, C, 1, 1]` of the mean and max paths, then the 3 → 6 → 1 MLP's weights and biases.
@@ -386,7 +392,39 @@ fn adam_flex(
     (p, m1, m2)
 }
 
+fn linear_bf16_forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
+    let [rows, din] = x.shape().dims::<2>();
+    let [dout, wdin] = w.shape().dims::<2>();
+    assert_eq!(
+        din,
+        wdin,
+        "linear: input width {din}, weight {:?}",
+        w.shape()
+    );
+    let mut y = vec![0.0f32; rows * dout];
+    let (xd, wd) = (data(x), data(w));
+    bf16::matmul_bf16(
+        (rows, dout, din),
+        bf16::Mat {
+            data: xd,
+            rs: din,
+            cs: 1,
+        },
+        bf16::Mat {
+            data: wd,
+            rs: 1,
+            cs: din,
+        },
+        &mut y,
+    );
+    flex(y, vec![rows, dout])
+}
+
 impl FastOps for Flex {
+    fn fast_linear_bf16(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+        linear_bf16_forward(&contiguous_f32(x), &contiguous_f32(w))
+    }
+
     fn fast_adam(
         param: FlexTensor,
         grad: FlexTensor,
@@ -646,7 +684,79 @@ impl Backward<Flex, 7> for PlamBackward {
     }
 }
 
+#[derive(Clone, Debug)]
+struct LinearState {
+    x: FlexTensor,
+    w: FlexTensor,
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 2> for LinearBackward {
+    type State = LinearState;
+
+    fn backward(self, ops: Ops<LinearState, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let dy = contiguous_f32(grads.consume::<Flex>(&ops.node));
+        let LinearState { x, w } = ops.state;
+        let [rows, din] = x.shape().dims::<2>();
+        let dout = w.shape().dims::<2>()[0];
+        let (dyd, xd, wd) = (data(&dy), data(&x), data(&w));
+        if let Some(node) = node_x {
+            let mut dx = vec![0.0f32; rows * din];
+            bf16::matmul_bf16(
+                (rows, din, dout),
+                bf16::Mat {
+                    data: dyd,
+                    rs: dout,
+                    cs: 1,
+                },
+                bf16::Mat {
+                    data: wd,
+                    rs: din,
+                    cs: 1,
+                },
+                &mut dx,
+            );
+            grads.register::<Flex>(node.id, flex(dx, vec![rows, din]));
+        }
+        if let Some(node) = node_w {
+            let mut dw = vec![0.0f32; dout * din];
+            bf16::matmul_bf16(
+                (dout, din, rows),
+                bf16::Mat {
+                    data: dyd,
+                    rs: 1,
+                    cs: dout,
+                },
+                bf16::Mat {
+                    data: xd,
+                    rs: din,
+                    cs: 1,
+                },
+                &mut dw,
+            );
+            grads.register::<Flex>(node.id, flex(dw, vec![dout, din]));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
+    fn fast_linear_bf16(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        let xp = contiguous_f32(x.primitive().clone());
+        let wp = contiguous_f32(w.primitive().clone());
+        let y = linear_bf16_forward(&xp, &wp);
+        match LinearBackward
+            .prepare::<C>([x.node(), w.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(LinearState { x: xp, w: wp }, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
     fn fast_adam(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
@@ -822,6 +932,14 @@ pub fn conv(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, relu: bool) -> Ten
 pub fn maxpool2(x: Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(<burn::backend::Dispatch as FastOps>::fast_maxpool2(
         x.into_dispatch(),
+    ))
+}
+
+/// `x [rows, din] · wᵀ` (`w: [dout, din]`) with bf16 operands and f32 accumulation.
+pub fn linear_bf16(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FastOps>::fast_linear_bf16(
+        x.into_dispatch(),
+        w.into_dispatch(),
     ))
 }
 

@@ -210,3 +210,49 @@ fn plam_matches_burn_forward_and_gradients() {
         });
     }
 }
+
+#[test]
+fn bf16_linear_matches_f32_on_bf16_inputs_forward_and_gradients() {
+    let round = |t: Tensor<2>| {
+        let [r, c] = t.dims();
+        let v: Vec<f32> = host(&t)
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect();
+        Tensor::<2>::from_data(TensorData::new(v, [r, c]), &device())
+    };
+    // Odd sizes (row, column and `k` tails) and sizes with whole AMX tiles and a `k` tail.
+    for (i, &(rows, din, dout)) in [(5, 7, 3), (37, 50, 21), (70, 96, 53)].iter().enumerate() {
+        let mut init = Init::new(80 + i as u64, &device());
+        let x = round(random(&mut init, [rows, din])).require_grad();
+        let w = round(random(&mut init, [dout, din])).require_grad();
+        let r = round(random(&mut init, [rows, dout]));
+        let run = |y: Tensor<2>| {
+            let grads = (y.clone() * r.clone()).sum().backward();
+            vec![host(&y), grad(&x, &grads), grad(&w, &grads)]
+        };
+        let ours = run(linear_bf16(x.clone(), w.clone()));
+        let reference = run(x.clone().matmul(w.clone().transpose()));
+        for (j, (o, r)) in ours.iter().zip(&reference).enumerate() {
+            let e = rel_err(o, r);
+            let tol = if bf16::bf16_supported() { 1e-5 } else { 1e-6 };
+            assert!(
+                e <= tol,
+                "case {i}, tensor {j} (y, dx, dw): rel err {e:.2e}"
+            );
+        }
+        // Unrounded inputs are rounded by the kernel: close to f32, but not equal.
+        let (x, w) = (
+            random(&mut init, [rows, din]),
+            random(&mut init, [dout, din]),
+        );
+        let e = rel_err(
+            &host(&linear_bf16(x.clone(), w.clone())),
+            &host(&x.matmul(w.transpose())),
+        );
+        assert!(e <= 1e-2, "case {i}: rel err {e:.2e} against f32");
+        if bf16::bf16_supported() {
+            assert!(e > 1e-5, "case {i}: operands were not rounded ({e:.2e})");
+        }
+    }
+}

@@ -145,7 +145,12 @@ pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, b: Tensor<1>) -> Tenso
     let din = dims[D - 1];
     let rows: usize = dims[..D - 1].iter().product();
     dims[D - 1] = w.dims()[0];
-    let y = x.reshape([rows, din]).matmul(w.transpose()) + b.unsqueeze::<2>();
+    let x = x.reshape([rows, din]);
+    let y = if kernels::enabled(&x.device()) && kernels::precision() == kernels::Precision::Bf16 {
+        kernels::linear_bf16(x, w)
+    } else {
+        x.matmul(w.transpose())
+    } + b.unsqueeze::<2>();
     y.reshape(dims)
 }
 

@@ -90,7 +90,11 @@ fn assert_shape(s: ConvShape) {
 
 #[test]
 fn conv_bf16_matches_f32_on_odd_shapes() {
-    eprintln!("bf16 kernels: {}", bf16_supported());
+    eprintln!(
+        "bf16 kernels: {}, AMX tiles: {}",
+        bf16_supported(),
+        crate::kernels::amx::available()
+    );
     for (cin, cout) in [(3, 5), (16, 32)] {
         for k in [3, 1] {
             assert_shape(ConvShape {
