@@ -104,7 +104,8 @@ pub fn precision_label() -> String {
 }
 
 /// The instruction set our fp32 kernels (and the gemm under them) use on this CPU, detected at
-/// run time: `avx512f`, `avx2+fma` or `scalar`; with `+avx512bf16` where the bf16 kernels can run.
+/// run time: `avx512f`, `avx2+fma` or `scalar`; with `+avx512bf16` where the bf16 kernels can run
+/// and `+amx` where they use AMX tiles.
 pub fn isa() -> String {
     #[cfg(target_arch = "x86_64")]
     let base = if is_x86_feature_detected!("avx512f") {
@@ -116,11 +117,15 @@ pub fn isa() -> String {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let base = "portable";
+    let mut isa = base.to_owned();
     if bf16::bf16_supported() {
-        format!("{base}+avx512bf16")
-    } else {
-        base.into()
+        isa.push_str("+avx512bf16");
     }
+    #[cfg(target_arch = "x86_64")]
+    if bf16::bf16_supported() && amx::available() {
+        isa.push_str("+amx");
+    }
+    isa
 }
 
 /// The CPU's model name (`/proc/cpuinfo`), for benchmark records; `unknown` elsewhere.
