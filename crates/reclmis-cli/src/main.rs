@@ -41,8 +41,9 @@ struct Cli {
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
 
-    /// Arithmetic of the convolutions on a CPU: fp32, or bf16 operands with fp32 accumulation
-    /// (needs AVX-512 BF16; elsewhere it falls back to fp32 and says so)
+    /// Arithmetic of the convolutions and Linear layers on a CPU: fp32, or bf16 operands with
+    /// fp32 accumulation (needs AVX-512 BF16, uses AMX tiles where present; elsewhere it falls
+    /// back to fp32 and says so)
     #[arg(long, global = true, value_enum, default_value_t = Precision::Fp32)]
     precision: Precision,
 

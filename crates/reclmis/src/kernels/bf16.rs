@@ -296,6 +296,31 @@ mod avx512 {
         relu: bool,
     }
 
+    impl Epilogue {
+        /// Stores the lanes `mask` of product row `row`, `r`, at `ptr`: added to what is there
+        /// (`load_c`), or plus the row's bias; then ReLU.
+        ///
+        /// # Safety
+        /// The masked lanes at `ptr` must be valid to read and write; `bias`, if any, must hold
+        /// `row + 1` floats.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn store(self, mut r: __m512, ptr: *mut f32, mask: __mmask16, row: usize) {
+            // SAFETY: the caller's contract.
+            unsafe {
+                if self.load_c {
+                    r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask, ptr));
+                } else if let Some(bias) = self.bias {
+                    r = _mm512_add_ps(r, _mm512_set1_ps(*bias.add(row)));
+                }
+                if self.relu {
+                    // MAXPS returns its second operand for NaN and ±0, like `relu_f32`.
+                    r = _mm512_max_ps(_mm512_setzero_ps(), r);
+                }
+                _mm512_mask_storeu_ps(ptr, mask, r);
+            }
+        }
+    }
+
     /// `C[..m_valid, ..n_valid] = epilogue(A_panel · B_panel)` over `kc` pairs, where row `i`
     /// of `A_panel` is `a[i]: [kc]` and `B_panel` is `[kc][16 · V]` packed pairs.
     ///
@@ -338,7 +363,6 @@ mod avx512 {
                 }
             }
         }
-        let zero = _mm512_setzero_ps();
         for (i, acc_row) in acc.iter().enumerate().take(m_valid) {
             for (v, &acc) in acc_row.iter().enumerate() {
                 let lanes = n_valid.saturating_sub(16 * v).min(16);
@@ -348,20 +372,7 @@ mod avx512 {
                 let mask = (u32::MAX >> (32 - lanes)) as __mmask16;
                 // SAFETY: lanes `< lanes` of this row lie in the block (caller's contract);
                 // masked-off lanes are neither read nor written.
-                unsafe {
-                    let ptr = c.add(i * ldc + 16 * v);
-                    let mut r = acc;
-                    if epi.load_c {
-                        r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask, ptr));
-                    } else if let Some(bias) = epi.bias {
-                        r = _mm512_add_ps(r, _mm512_set1_ps(*bias.add(i)));
-                    }
-                    if epi.relu {
-                        // MAXPS returns its second operand for NaN and ±0, like `relu_f32`.
-                        r = _mm512_max_ps(zero, r);
-                    }
-                    _mm512_mask_storeu_ps(ptr, mask, r);
-                }
+                unsafe { epi.store(acc, c.add(i * ldc + 16 * v), mask, i) };
             }
         }
     }
@@ -501,7 +512,6 @@ mod avx512 {
         n_valid: usize,
         epi: Epilogue,
     ) {
-        let zero = _mm512_setzero_ps();
         for i in 0..16 {
             for l in (0..n_valid).step_by(16) {
                 let lanes = (n_valid - l).min(16);
@@ -509,17 +519,8 @@ mod avx512 {
                 // SAFETY: lanes `< lanes` of this row lie in the block (caller's contract);
                 // `p` holds 16 rows of `pw ≥ n_valid` floats.
                 unsafe {
-                    let ptr = c.add(i * ldc + l);
-                    let mut r = _mm512_loadu_ps(p.as_ptr().add(i * pw + l));
-                    if epi.load_c {
-                        r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(mask, ptr));
-                    } else if let Some(bias) = epi.bias {
-                        r = _mm512_add_ps(r, _mm512_set1_ps(*bias.add(i)));
-                    }
-                    if epi.relu {
-                        r = _mm512_max_ps(zero, r);
-                    }
-                    _mm512_mask_storeu_ps(ptr, mask, r);
+                    let r = _mm512_loadu_ps(p.as_ptr().add(i * pw + l));
+                    epi.store(r, c.add(i * ldc + l), mask, i);
                 }
             }
         }
