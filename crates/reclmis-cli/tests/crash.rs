@@ -63,6 +63,12 @@ fn all_checkpoints_load(run: &Path) {
     }
 }
 
+/// Epochs recorded in the run's `metrics.jsonl` (complete lines only).
+fn epochs_done(run: &Path) -> usize {
+    std::fs::read(run.join("metrics.jsonl"))
+        .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+}
+
 fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
     let l = ours::load(path, &Device::flex()).unwrap();
     named_tensors(&l.model)
@@ -104,24 +110,30 @@ fn sigkill_at_any_moment_then_resume_gives_the_uninterrupted_weights() {
     );
     let full = t0.elapsed();
 
-    // Kill at seeded moments spread over the run, resuming each time, until it finishes.
+    // Kill at seeded moments, resuming each time, until the run finishes. Each attempt waits for
+    // one more finished epoch (so every attempt makes progress, however slow the machine), then
+    // kills at a seeded moment within the next half epoch of the reference's pace: during a step,
+    // a validation or a checkpoint write. About one epoch per attempt: ~5 kills in 6 epochs.
     let run = tmp.0.join("killed");
+    let epoch = full.div_f64(EPOCHS.parse::<f64>().unwrap());
     let mut rng = SplitMix64::new(11);
     let mut kills = 0;
     let mut started = false;
     for attempt in 0..40 {
         let resume = started && run.join("last.safetensors").exists();
+        let before = epochs_done(&run);
         let mut child = train(&data, &config, &run, resume).spawn().unwrap();
         started = true;
-        // Short windows, so several kills land even when the reference run was slowed by a
-        // loaded machine (a 5-35 % window once let a run finish after two kills).
-        let wait = full.mul_f64(0.03 + 0.15 * rng.unit_f64());
-        let deadline = Instant::now() + wait;
+        let extra = epoch.mul_f64(0.5 * rng.unit_f64());
+        let mut deadline = None;
         let mut finished = None;
-        while Instant::now() < deadline {
+        while deadline.is_none_or(|d| Instant::now() < d) {
             if let Some(status) = child.try_wait().unwrap() {
                 finished = Some(status);
                 break;
+            }
+            if deadline.is_none() && epochs_done(&run) > before {
+                deadline = Some(Instant::now() + extra);
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -146,6 +158,7 @@ fn sigkill_at_any_moment_then_resume_gives_the_uninterrupted_weights() {
             }
         }
     }
+    eprintln!("{kills} kills before the run finished");
     assert!(
         kills >= 3,
         "only {kills} kills landed before the run finished"
