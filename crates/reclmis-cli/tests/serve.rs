@@ -67,6 +67,16 @@ struct Reply {
 }
 
 impl Reply {
+    /// Status 200, else the failure shows `what` and the body.
+    fn assert_ok(&self, what: &str) {
+        assert_eq!(
+            self.status,
+            200,
+            "{what}: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+    }
+
     fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
@@ -238,12 +248,7 @@ fn the_api_segments_like_predict_and_refuses_bad_uploads_without_stopping() {
         ("note", None, note.as_bytes()),
     ];
     let reply = segment(addr, &good);
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_ok(&name);
     let v = reply.json();
     let prob = floats(&v["prob"]);
     let probs = io_floats("probs");
@@ -380,12 +385,7 @@ fn the_api_segments_like_predict_and_refuses_bad_uploads_without_stopping() {
         let mut fields = vec![("image", Some(file), bytes.as_slice()), good[1]];
         fields.extend(slice.map(|s| ("slice", None, s)));
         let r = segment(addr, &fields);
-        assert_eq!(
-            r.status,
-            200,
-            "{file}: {}",
-            String::from_utf8_lossy(&r.body)
-        );
+        r.assert_ok(file);
         let got = floats(&r.json()["prob"]);
         assert_eq!(got.len(), S * S, "{file}");
         // The DICOM's window gives the grey levels back exactly; NIfTI has no window, so its

@@ -63,17 +63,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// The value after `key:` on the first line of `file` that starts with `key` (`/proc` files).
+fn proc_field(file: &str, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    Some(line.split_once(':')?.1.trim().to_owned())
+}
+
 /// Peak resident set size from `/proc/self/status` (`VmHWM`), in MiB; NaN where unavailable.
 pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
+    proc_field("/proc/self/status", "VmHWM")
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), for benchmark records; `unknown` elsewhere.
+pub fn cpu_model() -> String {
+    proc_field("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into())
 }
 
 fn inputs(
@@ -162,7 +168,7 @@ pub fn run(bc: &BenchConfig, on_progress: &mut dyn FnMut(&str)) -> BenchResult {
             crate::kernels::KernelChoice::Burn => "burn".into(),
         },
         isa: crate::kernels::isa(),
-        cpu: crate::kernels::cpu_model(),
+        cpu: cpu_model(),
         config: bc.clone(),
         train_steps_s: times,
     }

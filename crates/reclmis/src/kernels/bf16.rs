@@ -103,6 +103,11 @@ pub struct Mat<'a> {
 }
 
 impl Mat<'_> {
+    /// Whether every element of a `rows × cols` matrix lies inside `data`.
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+
     #[inline]
     fn at(&self, i: usize, j: usize) -> f32 {
         self.data[i * self.rs + j * self.cs]
@@ -110,22 +115,39 @@ impl Mat<'_> {
 }
 
 /// `c [m, n] (row-major) = a [m, k] · b [k, n]` with bf16 operands and f32 accumulation (AMX
-/// tiles where available), rows split over the threads; f32 where [`bf16_supported`] is false.
+/// tiles where available), rows split over the threads; the f32 GEMM of [`cpu`] where
+/// [`bf16_supported`] is false.
 pub fn matmul_bf16((m, n, k): (usize, usize, usize), a: Mat, b: Mat, c: &mut [f32]) {
     assert_eq!(c.len(), m * n, "matmul output length");
     if m == 0 || n == 0 {
         return;
     }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    assert!(
+        a.covers(m, k) && b.covers(k, n),
+        "matmul operand strides leave their slices"
+    );
     #[cfg(target_arch = "x86_64")]
-    if bf16_supported() && k > 0 {
+    if bf16_supported() {
         // SAFETY: the CPU has AVX-512 F, BW and BF16 (checked just above).
         unsafe { avx512::matmul((m, n, k), a, b, c) };
         return;
     }
-    for (i, row) in c.chunks_exact_mut(n).enumerate() {
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = (0..k).map(|l| a.at(i, l) * b.at(l, j)).sum();
-        }
+    // SAFETY: both operands lie inside their slices (asserted above) and `c` is the full
+    // `m × n` output.
+    unsafe {
+        cpu::sgemm(
+            (m, n, k),
+            c.as_mut_ptr(),
+            n,
+            false,
+            (a.data.as_ptr(), a.rs, a.cs),
+            (b.data.as_ptr(), b.rs, b.cs),
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
     }
 }
 
@@ -405,6 +427,9 @@ mod avx512 {
         if amx {
             step = step.next_multiple_of(KT);
         }
+        // The AMX product of one 16-row block, before the epilogue stores it; every use
+        // overwrites the columns it reads.
+        let mut p = [0.0f32; 16 * NR];
         for k0 in (0..kp).step_by(step) {
             let kc = step.min(kp - k0);
             let (first, last) = (k0 == 0, k0 + kc == kp);
@@ -427,7 +452,6 @@ mod avx512 {
                             .map(|b| b[i..].as_ptr()),
                         relu: relu && last && kc16 == kc,
                     };
-                    let mut p = [0.0f32; 16 * NR];
                     let ap = a[i * kp + k0..].as_ptr();
                     // SAFETY: AMX is available; rows `i..i + 16` of `a` hold `kp ≥ k0 + kc16`
                     // pairs at stride `kp`; the `B` panel holds `kc ≥ kc16` rows of `width`.

@@ -128,19 +128,6 @@ pub fn isa() -> String {
     isa
 }
 
-/// The CPU's model name (`/proc/cpuinfo`), for benchmark records; `unknown` elsewhere.
-pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 /// Whether tensors on `device` go through our kernels.
 pub fn enabled(device: &Device) -> bool {
     kernels() == KernelChoice::Ours

@@ -256,7 +256,7 @@ pub fn plam_backward(
     let parts = for_shares(tiles.len(), |range| {
         let mut acc = vec![0.0f32; 2 * c * c];
         let mut sums = [0.0f64; SUMS];
-        let (mut u, mut duv, mut dz) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut u, mut duv, mut dz, mut da) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut first = true;
         for (img, pix) in &tiles[range] {
             let np = pix.len();
@@ -286,7 +286,8 @@ pub fn plam_backward(
             duv.clear();
             duv.resize(2 * c * np, 0.0f32);
             let (du, dv) = duv.split_at_mut(c * np);
-            let mut da = vec![0.0f32; np];
+            da.clear();
+            da.resize(np, 0.0f32);
             for p in 0..np {
                 let pre = mlp.hidden(a[p], m[p]);
                 let f = [a[p], m[p], a[p] + m[p]];

@@ -15,6 +15,14 @@ fn opts(slice: Option<usize>) -> ReadOptions {
 }
 
 /// Grey bytes of `bytes` read as the file `name`.
+/// Index 3 of a 3-frame (or 3-slice) file is refused, naming the file and the valid range.
+fn assert_out_of_range(name: &str, bytes: &[u8], kind: &str) {
+    let err = grey(name, bytes, Some(3)).unwrap_err();
+    let want = format!("{kind} 3 is out of range: the file has 3 (0..=2)");
+    assert!(err.contains(&want), "{err}");
+    assert!(err.contains(name), "{err}");
+}
+
 fn grey(name: &str, bytes: &[u8], slice: Option<usize>) -> Result<Vec<u8>, String> {
     let bgr = read_bgr_bytes(name, bytes, &opts(slice)).map_err(|e| e.to_string())?;
     assert_eq!(bgr.channels, 3);
@@ -90,12 +98,7 @@ fn dicom_frames_default_to_the_middle_and_the_option_picks_one() {
     assert_eq!(grey("mf.dcm", &bytes, None).unwrap(), vec![0, 102]);
     assert_eq!(grey("mf.dcm", &bytes, Some(0)).unwrap(), vec![0, 51]);
     assert_eq!(grey("mf.dcm", &bytes, Some(2)).unwrap(), vec![0, 153]);
-    let err = grey("mf.dcm", &bytes, Some(3)).unwrap_err();
-    assert!(
-        err.contains("frame 3 is out of range: the file has 3 (0..=2)"),
-        "{err}"
-    );
-    assert!(err.contains("mf.dcm"), "{err}");
+    assert_out_of_range("mf.dcm", &bytes, "frame");
 }
 
 #[test]
@@ -184,12 +187,7 @@ fn nifti_slices_are_axial_flipped_and_windowed() {
         grey("v.nii", &bytes, Some(2)).unwrap(),
         vec![112, 113, 102, 103]
     );
-    let err = grey("v.nii", &bytes, Some(3)).unwrap_err();
-    assert!(
-        err.contains("slice 3 is out of range: the file has 3 (0..=2)"),
-        "{err}"
-    );
-    assert!(err.contains("v.nii"), "{err}");
+    assert_out_of_range("v.nii", &bytes, "slice");
 }
 
 #[test]
