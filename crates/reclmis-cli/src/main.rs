@@ -48,8 +48,7 @@ struct Cli {
     precision: Precision,
 
     /// Where the model runs: cpu, or gpu / gpu:N, the Nth Vulkan device (needs a build with the
-    /// `gpu` cargo feature; docs/gpu.md). Used by predict, evaluate, train, import, export and
-    /// serve
+    /// `gpu` cargo feature; docs/gpu.md). Used by every command that runs the model
     #[arg(long, global = true, value_name = "cpu|gpu[:N]", default_value_t = DeviceChoice::Cpu)]
     device: DeviceChoice,
 
@@ -223,18 +222,12 @@ fn run(command: Command) -> Result<()> {
         Command::Predict(args) => run_predict(args),
         Command::Import(args) => run_import(args),
         Command::Inspect(args) => run_inspect(args),
-        Command::Demo(args) => {
-            cpu_only("demo")?;
-            training::run_demo(args)
-        }
+        Command::Demo(args) => training::run_demo(args),
         Command::Synth(args) => training::run_synth(args),
         Command::Train(args) => training::run_train(args),
         Command::Evaluate(args) => training::run_evaluate(args),
         Command::Export(args) => run_export(args),
-        Command::Bench(args) => {
-            cpu_only("bench")?;
-            training::run_bench(args)
-        }
+        Command::Bench(args) => training::run_bench(args),
         Command::Notes(args) => run_notes(args),
         Command::Serve(args) => serve::run_serve(args),
     }
@@ -320,23 +313,12 @@ static DEVICE: OnceLock<DeviceChoice> = OnceLock::new();
 
 /// The device `--device` names, opened when a command first needs it, so commands without
 /// tensors never touch a GPU driver.
-fn device() -> Result<Device, Error> {
+pub(crate) fn device() -> Result<Device, Error> {
     Ok(reclmis::device::open(device_choice())?)
 }
 
-fn device_choice() -> DeviceChoice {
+pub(crate) fn device_choice() -> DeviceChoice {
     DEVICE.get().copied().unwrap_or_default()
-}
-
-/// Refuses `--device gpu` for a command that runs on the CPU only, so the flag is never ignored.
-fn cpu_only(command: &str) -> Result<(), Error> {
-    match device_choice() {
-        DeviceChoice::Cpu => Ok(()),
-        other => Err(Error::Usage(format!(
-            "`{command}` runs on the CPU only; --device {other} is for predict, evaluate, train, \
-             import, export and serve"
-        ))),
-    }
 }
 
 fn load_checkpoint(path: &Path) -> Result<ours::Loaded, Error> {

@@ -10,6 +10,7 @@ use reclmis::data::dataset::Augment;
 use reclmis::data::layout::Split;
 use reclmis::data::synth::{SynthConfig, write_lvit};
 use reclmis::demo::DemoConfig;
+use reclmis::device::DeviceChoice;
 use reclmis::eval::{PROTOCOLS, TextMode};
 use reclmis::model::Preset;
 use reclmis::train::{EpochMetrics, Event, TrainConfig};
@@ -97,6 +98,15 @@ pub struct TrainArgs {
     pub epochs: Option<usize>,
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
+    /// Cut each step's batch into K shards whose gradients are summed before the update
+    /// (gradient accumulation; config: `micro_batches`)
+    #[arg(long, value_name = "K")]
+    pub micro_batches: Option<usize>,
+    /// Data-parallel training: each step's batch is spread over these devices, the model and
+    /// optimiser living on the first (`0,1` means gpu:0,gpu:1; `cpu,cpu` runs two copies in turn
+    /// on the CPU). Replaces --device
+    #[arg(long, value_name = "LIST")]
+    pub devices: Option<String>,
     #[arg(long, value_name = "LR")]
     pub lr: Option<f64>,
     #[arg(long, value_name = "S")]
@@ -323,8 +333,13 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
         cfg.aux_from_epoch + 1,
         cfg.seed
     );
-    let outcome =
-        reclmis::demo::run(&cfg, Some(&args.out), &mut progress(false)).map_err(Error::from)?;
+    let outcome = reclmis::demo::run_on(
+        &cfg,
+        Some(&args.out),
+        &crate::device()?,
+        &mut progress(false),
+    )
+    .map_err(Error::from)?;
     let r = &outcome.report;
     let files = reclmis::demo::report::write_report(&args.out, &outcome, &cfg)?;
     println!(
@@ -376,6 +391,7 @@ fn train_config(args: &TrainArgs) -> Result<TrainConfig, Error> {
         side_focus: args.side_focus,
         epochs: args.epochs,
         batch_size: args.batch_size,
+        micro_batches: args.micro_batches,
         lr: args.lr,
         seed: args.seed,
         augment: args.augment.map(|a| match a {
@@ -418,8 +434,20 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         allow_missing_notes: args.allow_missing_notes,
     };
     let mut bars = progress(false);
-    let device = crate::device()?;
-    let outcome = app::train_on(&req, &device, &mut |p| match p {
+    let devices = match &args.devices {
+        None => vec![crate::device()?],
+        Some(list) => {
+            if crate::device_choice() != DeviceChoice::Cpu {
+                return Err(usage("give either --device or --devices, not both"));
+            }
+            let list = reclmis::device::parse_list(list).map_err(Error::from)?;
+            list.into_iter()
+                .map(reclmis::device::open)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Error::from)?
+        }
+    };
+    let outcome = app::train_on(&req, &devices, &mut |p| match p {
         app::TrainProgress::Loading { data, size } => {
             eprintln!("loading {} at {size}×{size}…", data.display());
         }
@@ -443,6 +471,15 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
                 cfg.paraphrase,
                 cfg.side_focus
             );
+            if cfg.micro_batches > 1 || devices.len() > 1 {
+                let names: Vec<String> = devices.iter().map(reclmis::device::describe).collect();
+                eprintln!(
+                    "each step in {} shards over {} device(s): {}",
+                    cfg.micro_batches,
+                    devices.len(),
+                    names.join(", ")
+                );
+            }
         }
         app::TrainProgress::Train(e) => bars(e),
     })?;
@@ -544,7 +581,7 @@ pub fn run_bench(args: BenchArgs) -> Result<()> {
         Kernels::Burn => reclmis::kernels::KernelChoice::Burn,
     });
     let quiet = args.json;
-    let r = reclmis::bench::run(&bc, &mut |label| {
+    let r = reclmis::bench::run_on(&bc, &crate::device()?, &mut |label| {
         if !quiet {
             eprintln!("  {label}");
         }

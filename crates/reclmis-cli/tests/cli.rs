@@ -801,9 +801,9 @@ fn note_row(index: usize, note: &str) -> Vec<u8> {
     format!("mask_synth_{index:06}.png,{note}").into_bytes()
 }
 
-/// `train` on `data` into `out` with a tiny model for `epochs` epochs.
-fn tiny_train(data: &Path, out: &Path, epochs: &str) -> Output {
-    reclmis([
+/// `train` on `data` into `out` with a tiny model for `epochs` epochs, and `extra` flags.
+fn tiny_train(data: &Path, out: &Path, epochs: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
         "--threads",
         "2",
         "train",
@@ -819,7 +819,56 @@ fn tiny_train(data: &Path, out: &Path, epochs: &str) -> Output {
         "4",
         "--epochs",
         epochs,
-    ])
+    ];
+    args.extend_from_slice(extra);
+    reclmis(args)
+}
+
+#[test]
+fn train_spreads_each_step_over_the_devices_given() {
+    let tmp = TempDir::new("devices");
+    let (data, _, _) = tiny_data_and_run(&tmp);
+    let out = tmp.join("two");
+    let run = |extra: &[&str]| tiny_train(&data, &out, "1", extra);
+    let o = run(&["--devices", "cpu,cpu"]);
+    succeeds(&o);
+    assert!(
+        text(&o.stderr).contains("each step in 2 shards over 2 device(s): cpu, cpu"),
+        "{}",
+        text(&o.stderr)
+    );
+    let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(cfg.contains("micro_batches = 2"), "{cfg}");
+    assert!(out.join("last.safetensors").exists());
+
+    for (args, says) in [
+        (&["--devices", "0,x"][..], "unknown device 'x'"),
+        (
+            &["--micro-batches", "0"][..],
+            "--micro-batches must be at least 1",
+        ),
+    ] {
+        let o = run(args);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let o = reclmis([
+        "--device",
+        "gpu",
+        "train",
+        "--data",
+        "d",
+        "--devices",
+        "cpu",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("either --device or --devices"));
+    #[cfg(not(feature = "gpu"))]
+    {
+        let err = bad_input(&run(&["--devices", "cpu,gpu:0"]), "--device gpu:0");
+        assert!(err.contains("`gpu` cargo feature"), "{err}");
+    }
 }
 
 #[test]
@@ -848,7 +897,7 @@ fn data_faults_are_listed_together_before_training() {
     .unwrap();
 
     let run = tmp.join("run");
-    let out = tiny_train(&data, &run, "1");
+    let out = tiny_train(&data, &run, "1", &[]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     // After the "loading …" line, nothing but the error.
@@ -900,7 +949,7 @@ fn data_faults_are_listed_together_before_training() {
         std::fs::write(&img, b"").unwrap();
     }
     let run = tmp.join("run");
-    let out = tiny_train(&data, &run, "1");
+    let out = tiny_train(&data, &run, "1", &[]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     let lines: Vec<&str> = err
@@ -959,7 +1008,7 @@ fn sixteen_bit_rgba_and_other_size_masks_load_as_imread_does() {
     }
 
     // The same folder trains, with one warning for the mask of another size.
-    let out = tiny_train(&data, &tmp.join("run"), "1");
+    let out = tiny_train(&data, &tmp.join("run"), "1", &[]);
     succeeds(&out);
     let err = text(&out.stderr);
     assert!(

@@ -103,11 +103,18 @@ fn inputs(
     )
 }
 
-/// Runs the benchmark; `on_progress` gets a short label before each timed phase.
+/// Runs the benchmark on the CPU; `on_progress` gets a short label before each timed phase.
 pub fn run(bc: &BenchConfig, on_progress: &mut dyn FnMut(&str)) -> BenchResult {
+    run_on(bc, &Device::flex(), on_progress)
+}
+
+/// [`run`] on `device` (see [`crate::device::open`]). Every timed phase ends by reading a result
+/// back, so an asynchronous device has finished its work when the clock stops.
+pub fn run_on(bc: &BenchConfig, device: &Device, on_progress: &mut dyn FnMut(&str)) -> BenchResult {
     let mut cfg = ModelConfig::qata();
     cfg.image_size = bc.image_size;
-    let device = Device::flex().autodiff();
+    let on_cpu = crate::device::is_cpu(device);
+    let device = device.clone().autodiff();
     let mut rng = SplitMix64::new(11);
     let mut model = RecLMIS::new(&cfg, 1, &device);
     model.clip = model.clip.set_require_grad(false);
@@ -160,7 +167,11 @@ pub fn run(bc: &BenchConfig, on_progress: &mut dyn FnMut(&str)) -> BenchResult {
         infer_b1_s,
         infer_b4_s,
         peak_rss_mb: peak_rss_mb(),
-        backend: "burn-flex (CPU)".into(),
+        backend: if on_cpu {
+            "burn-flex (CPU)".into()
+        } else {
+            format!("burn-wgpu ({})", crate::device::describe(&eval_device))
+        },
         threads: rayon::current_num_threads(),
         precision: crate::kernels::precision_label(),
         kernels: match crate::kernels::kernels() {

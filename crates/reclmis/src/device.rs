@@ -81,6 +81,24 @@ impl DeviceError {
     }
 }
 
+/// The `--devices` list of data-parallel training: comma-separated device names, where a bare
+/// number `N` stands for `gpu:N` (`0,1` is `gpu:0,gpu:1`). The same device may appear twice
+/// (`cpu,cpu`: two model copies taking turns on one CPU, which checks the data-parallel path
+/// without a second device).
+pub fn parse_list(s: &str) -> Result<Vec<DeviceChoice>, DeviceError> {
+    let list: Vec<DeviceChoice> = s
+        .split(',')
+        .map(|d| {
+            let d = d.trim();
+            match d.parse::<usize>() {
+                Ok(n) => Ok(DeviceChoice::Gpu(n)),
+                Err(_) => d.parse(),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(list)
+}
+
 /// The devices `--device gpu:N` counts: the adapters of the first graphics API (Vulkan first)
 /// that has a hardware GPU, or failing that of the first one with a software adapter (Mesa's
 /// lavapipe). Empty without the `gpu` feature or without a driver.
@@ -111,12 +129,17 @@ pub fn open(choice: DeviceChoice) -> Result<Device, DeviceError> {
     }
 }
 
-/// Whether `device` computes float64 natively: the CPU does; wgpu's shaders do not.
-pub fn has_f64(device: &Device) -> bool {
+/// Whether `device` is the CPU (burn's flex backend, where our kernels run).
+pub fn is_cpu(device: &Device) -> bool {
     matches!(
         device.as_dispatch().clone().inner(),
         burn::backend::DispatchDevice::Flex(_)
     )
+}
+
+/// Whether `device` computes float64 natively: the CPU does; wgpu's shaders do not.
+pub fn has_f64(device: &Device) -> bool {
+    is_cpu(device)
 }
 
 /// A short name for reports: `cpu`, or the adapter's own name (`llvmpipe (LLVM 15.0.6, 256
@@ -150,6 +173,17 @@ mod tests {
             );
         }
         assert_eq!(DeviceChoice::Gpu(1).to_string(), "gpu:1");
+    }
+
+    #[test]
+    fn parses_the_device_list() {
+        use DeviceChoice::*;
+        assert_eq!(parse_list("0,1").unwrap(), [Gpu(0), Gpu(1)]);
+        assert_eq!(parse_list("cpu, cpu").unwrap(), [Cpu, Cpu]);
+        assert_eq!(parse_list("gpu:2,3,cpu").unwrap(), [Gpu(2), Gpu(3), Cpu]);
+        for bad in ["", "0,", "0,,1", "1,x"] {
+            assert!(parse_list(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

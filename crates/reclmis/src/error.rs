@@ -63,9 +63,12 @@ impl Error {
                 match t {
                     T::Checkpoint(CheckpointError::Write { source, .. }) => io_is_bad_input(source),
                     T::Io { source, .. } => io_is_bad_input(source),
-                    T::Checkpoint(_) | T::Config(_) | T::Resume(_) | T::Empty | T::SideFocus(_) => {
-                        true
-                    }
+                    T::Checkpoint(_)
+                    | T::Config(_)
+                    | T::Resume(_)
+                    | T::Empty
+                    | T::SideFocus(_)
+                    | T::Devices(_) => true,
                     T::NonFinite { .. } => false,
                 }
             }

@@ -6,12 +6,16 @@
 //! `RECLMIS_TEST_DEVICE=gpu` (tests/parity.rs; docs/gpu.md).
 #![cfg(feature = "gpu")]
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
+use reclmis::data::dataset::Dataset;
+use reclmis::data::synth::SynthConfig;
 use reclmis::device::{DeviceChoice, DeviceError, describe, gpus, open};
-use reclmis::model::weights::{named_grads, named_tensors};
+use reclmis::model::nn::Conv2d;
+use reclmis::model::weights::{named_grads, named_param_grads, named_tensors};
 use reclmis::model::{Branches, ModelConfig, RecLMIS, TokenBatch, to_vec};
+use reclmis::train::{TrainConfig, Trainer};
 
 /// The first Vulkan device, or `None` (and a note) where there is none and none is required.
 fn gpu() -> Option<Device> {
@@ -137,7 +141,78 @@ fn conv_backward_matches_the_cpu() {
     }
 }
 
+/// Input and weight gradients of the model's convolution (`nn::Conv2d::forward`) over a full-size
+/// image: on the GPU it trains through an im2col product, because burn's own wgpu convolution
+/// drops part of the weight gradient's sum past about 2·10⁴ pixels (printed for the record).
+fn full_size_conv_grads(
+    d: &Device,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    burns: bool,
+) -> [Vec<f32>; 3] {
+    let d = d.clone().autodiff();
+    let s = 224;
+    let x = Tensor::<4>::from_data(TensorData::new(ramp(cin * s * s, 13), [1, cin, s, s]), &d)
+        .require_grad();
+    let conv = Conv2d {
+        weight: Param::from_tensor(Tensor::from_data(
+            TensorData::new(ramp(cout * cin * k * k, 17), [cout, cin, k, k]),
+            &d,
+        )),
+        bias: Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(ramp(cout, 5), [cout]),
+            &d,
+        ))),
+    };
+    let y = if burns {
+        conv.forward_burn(x.clone())
+    } else {
+        conv.forward(x.clone())
+    };
+    let target =
+        Tensor::<4>::from_data(TensorData::new(ramp(cout * s * s, 7), [1, cout, s, s]), &d);
+    let grads = (y * target).sum().backward();
+    let grad = |p: &Param<Tensor<4>>| to_vec(&p.val().grad(&grads).unwrap());
+    [
+        to_vec(&x.grad(&grads).unwrap()),
+        grad(&conv.weight),
+        to_vec(&conv.bias.as_ref().unwrap().val().grad(&grads).unwrap()),
+    ]
+}
+
+#[test]
+fn full_size_convolutions_get_their_whole_weight_gradient() {
+    let Some(gpu) = gpu() else { return };
+    let rel =
+        |a: &[f32], b: &[f32]| max_abs_diff(a, b) / a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    // The first conv of the encoder, the 1×1 output conv of a 224 px model, and a conv as wide as
+    // the paper model's last up block, whose patches take four bands of rows.
+    for (cin, cout, k) in [(3, 8, 3), (16, 1, 1), (128, 2, 3)] {
+        let c = full_size_conv_grads(&Device::flex(), cin, cout, k, false);
+        let g = full_size_conv_grads(&gpu, cin, cout, k, false);
+        let burns = full_size_conv_grads(&gpu, cin, cout, k, true);
+        eprintln!(
+            "{cin}->{cout} k{k} at 224 px: dx {:.1e}, dw {:.1e}, db {:.1e} (burn's own conv: dw {:.1e})",
+            rel(&c[0], &g[0]),
+            rel(&c[1], &g[1]),
+            rel(&c[2], &g[2]),
+            rel(&c[1], &burns[1]),
+        );
+        for (name, i) in [("dx", 0), ("dw", 1), ("db", 2)] {
+            let r = rel(&c[i], &g[i]);
+            assert!(
+                r < 1e-4,
+                "{cin}->{cout} k{k}: {name} differs by {r:e} of its max"
+            );
+        }
+    }
+}
+
 const LR: f64 = 1e-3;
+
+/// Tensors on the host under their state-dict keys.
+type Named = Vec<(String, Vec<f32>)>;
 
 fn small_config() -> ModelConfig {
     let mut cfg = ModelConfig::qata();
@@ -152,7 +227,7 @@ fn small_config() -> ModelConfig {
 
 /// Probabilities of an eval forward, the gradients of a training step, and the weights after
 /// one Adam step, from the same initial weights.
-fn step(device: &Device) -> (Vec<f32>, Vec<(String, Vec<f32>)>, Vec<(String, Vec<f32>)>) {
+fn step(device: &Device) -> (Vec<f32>, Named, Named) {
     let cfg = small_config();
     let device = device.clone().autodiff();
     let model = RecLMIS::new(&cfg, 3, &device);
@@ -195,6 +270,34 @@ fn step(device: &Device) -> (Vec<f32>, Vec<(String, Vec<f32>)>, Vec<(String, Vec
     (probs, named, after)
 }
 
+/// The largest difference between two sets of named tensors, relative to the tensor's largest
+/// magnitude, and where it is. A tensor that is zero in exact arithmetic (a conv bias before a
+/// training-mode BatchNorm, the last bias before a softmax) is rounding noise on both devices:
+/// only its size is checked. burn's generic BatchNorm backward, which the GPU runs, leaves more
+/// of it (~4e-5 here) than our fused one.
+fn worst_relative(c: &Named, g: &Named) -> (f32, String) {
+    assert_eq!(c.len(), g.len());
+    c.iter()
+        .zip(g)
+        .filter_map(|((kc, vc), (kg, vg))| {
+            assert_eq!(kc, kg);
+            let scale = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            if scale(vc) < 1e-6 {
+                assert!(
+                    scale(vg) < 1e-4,
+                    "{kc}: ~0 on the CPU, {} on the GPU",
+                    scale(vg)
+                );
+                return None;
+            }
+            Some((max_abs_diff(vc, vg) / scale(vc), kc.clone()))
+        })
+        .fold(
+            (0.0f32, String::new()),
+            |m, x| if x.0 > m.0 { x } else { m },
+        )
+}
+
 #[test]
 fn a_small_model_trains_alike_on_both() {
     let Some(gpu) = gpu() else { return };
@@ -203,33 +306,7 @@ fn a_small_model_trains_alike_on_both() {
     let d = max_abs_diff(&cp, &gp);
     eprintln!("probs: max abs diff {d:.2e}");
     assert!(d < 1e-4, "probs differ by {d}");
-    // The largest difference relative to the tensor's largest magnitude. A tensor that is zero
-    // in exact arithmetic (a conv bias before a training-mode BatchNorm, the last bias before a
-    // softmax) is rounding noise on both devices: only its size is checked. burn's generic
-    // BatchNorm backward, which the GPU runs, leaves more of it (~4e-5 here) than our fused one.
-    let worst = |c: &[(String, Vec<f32>)], g: &[(String, Vec<f32>)]| {
-        assert_eq!(c.len(), g.len());
-        c.iter()
-            .zip(g)
-            .filter_map(|((kc, vc), (kg, vg))| {
-                assert_eq!(kc, kg);
-                let scale = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-                if scale(vc) < 1e-6 {
-                    assert!(
-                        scale(vg) < 1e-4,
-                        "{kc}: ~0 on the CPU, {} on the GPU",
-                        scale(vg)
-                    );
-                    return None;
-                }
-                Some((max_abs_diff(vc, vg) / scale(vc), kc.clone()))
-            })
-            .fold(
-                (0.0f32, String::new()),
-                |m, x| if x.0 > m.0 { x } else { m },
-            )
-    };
-    let (g, at) = worst(&cg, &gg);
+    let (g, at) = worst_relative(&cg, &gg);
     eprintln!("gradients: worst relative diff {g:.2e} ({at})");
     assert!(g < 1e-3, "gradient of {at} differs by {g} of its max");
     // Adam moves every weight by about the learning rate whatever the size of its gradient, so a
@@ -245,4 +322,66 @@ fn a_small_model_trains_alike_on_both() {
         w <= 2.0 * LR as f32 + 1e-6,
         "{at} after one Adam step differs by {w}"
     );
+}
+
+/// Data parallelism over the CPU and the GPU: each step's batch cut in two, one shard per device,
+/// the GPU's gradients moved to the CPU and summed there.
+#[test]
+fn a_step_spread_over_the_cpu_and_the_gpu_matches_the_cpu_alone() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = Device::flex().autodiff();
+    let cfg = TrainConfig {
+        model: small_config(),
+        epochs: 1,
+        batch_size: 4,
+        lr: LR,
+        micro_batches: 2,
+        ..TrainConfig::default()
+    };
+    let sc = SynthConfig {
+        size: 32,
+        seed: 3,
+        ..Default::default()
+    };
+    let (train, val) = (
+        Dataset::synthetic(&sc, 0..8),
+        Dataset::synthetic(&sc, 100..102),
+    );
+    let mut one = Trainer::new(cfg.clone(), None, None, false, &cpu).unwrap();
+    let mut two = Trainer::new(cfg, None, None, false, &cpu).unwrap();
+    two.spread_over(vec![cpu.clone(), gpu.autodiff()]).unwrap();
+
+    let batch = &train.samples[..4];
+    let (a, b) = (
+        one.forward_backward(batch, 32, 0, 7),
+        two.forward_backward(batch, 32, 0, 7),
+    );
+    eprintln!("loss: {} on the CPU, {} spread", a.total, b.total);
+    assert!((a.total - b.total).abs() < 1e-5 * a.total.abs());
+    let host = |m: &RecLMIS, g: &GradientsParams| -> Named {
+        named_param_grads(m, g)
+            .into_iter()
+            .map(|(k, t)| (k, t.data))
+            .collect()
+    };
+    let (g, at) = worst_relative(&host(&one.model, &a.grads), &host(&two.model, &b.grads));
+    eprintln!("summed gradients: worst relative diff {g:.2e} ({at})");
+    assert!(g < 1e-3, "gradient of {at} differs by {g} of its max");
+
+    // A whole epoch (two steps and validation) on both devices; the model stays on the CPU.
+    one.run(&train, &val, &mut |_| {}).unwrap();
+    let m = two.run(&train, &val, &mut |_| {}).unwrap()[0].clone();
+    assert!(m.val_dice.is_finite());
+    assert_eq!(two.model.device(), cpu);
+    let (wa, wb) = (named_tensors(&one.model), named_tensors(&two.model));
+    let (w, at) = wa
+        .iter()
+        .zip(&wb)
+        .map(|((k, c), (_, g))| (max_abs_diff(&c.data, &g.data), k))
+        .fold((0.0f32, &wa[0].0), |m, x| if x.0 > m.0 { x } else { m });
+    // As in `a_small_model_trains_alike_on_both`: a weight whose gradient is rounding noise moves
+    // by about the learning rate per step, either way on each side (a little more where Adam's
+    // second moment lags its first).
+    eprintln!("weights after 2 steps: max abs diff {w:.2e} ({at})");
+    assert!(w <= 6.0 * LR as f32, "{at} differs by {w}");
 }

@@ -81,6 +81,7 @@ pub struct TrainOverrides {
     pub side_focus: Option<f64>,
     pub epochs: Option<usize>,
     pub batch_size: Option<usize>,
+    pub micro_batches: Option<usize>,
     pub lr: Option<f64>,
     pub seed: Option<u64>,
     pub augment: Option<Augment>,
@@ -151,6 +152,12 @@ pub fn train_config(
             return Err(Error::Usage("--batch-size must be at least 1".into()));
         }
         cfg.batch_size = b;
+    }
+    if let Some(k) = o.micro_batches {
+        if k == 0 {
+            return Err(Error::Usage("--micro-batches must be at least 1".into()));
+        }
+        cfg.micro_batches = k;
     }
     if let Some(lr) = o.lr {
         cfg.lr = lr;

@@ -66,17 +66,23 @@ pub struct TrainOutcome {
 /// Trains `req` on the CPU: initial weights, both splits, the run, `curves.png` (also after a
 /// failed epoch, for what was done).
 pub fn train(req: &TrainRequest, on: &mut dyn FnMut(TrainProgress)) -> Result<TrainOutcome, Error> {
-    train_on(req, &Device::flex(), on)
+    train_on(req, &[Device::flex()], on)
 }
 
-/// [`train`] on `device` (see [`crate::device::open`]); autodiff is added here.
+/// [`train`] on `devices` (see [`crate::device::open`]): the model lives on the first, and with
+/// more than one each step is spread over all of them ([`Trainer::spread_over`]; at least one
+/// shard per device, so `micro_batches` is raised to the device count). Autodiff is added here.
 pub fn train_on(
     req: &TrainRequest,
-    device: &Device,
+    devices: &[Device],
     on: &mut dyn FnMut(TrainProgress),
 ) -> Result<TrainOutcome, Error> {
+    let Some(first) = devices.first() else {
+        return Err(Error::Usage("no device to train on".into()));
+    };
     let mut cfg = req.cfg.clone();
-    let device = device.clone().autodiff();
+    cfg.micro_batches = cfg.micro_batches.max(devices.len());
+    let device = first.clone().autodiff();
     let init = initial_model(req.clip.as_deref(), req.resume, &mut cfg, &device)?;
     let size = cfg.model.image_size;
     on(TrainProgress::Loading {
@@ -95,6 +101,7 @@ pub fn train_on(
         cfg: &cfg,
     });
     let mut trainer = Trainer::new(cfg, init, Some(&req.out), req.resume, &device)?;
+    trainer.spread_over(devices.iter().map(|d| d.clone().autodiff()).collect())?;
     let result = trainer
         .run(&train, &val, &mut |e| on(TrainProgress::Train(e)))
         .map(|h| h.to_vec());

@@ -113,6 +113,7 @@ impl DemoConfig {
             aux_from_epoch: self.aux_from_epoch,
             paraphrase: 0.0,
             side_focus: 0.0,
+            micro_batches: 1,
         }
     }
 
@@ -174,10 +175,21 @@ pub struct DemoOutcome {
     pub evals: [EvalSummary; 3],
 }
 
-/// Trains and evaluates; `out` receives the run folder (checkpoints, metrics) under `run/`.
+/// Trains and evaluates on the CPU; `out` receives the run folder (checkpoints, metrics) under
+/// `run/`.
 pub fn run(
     cfg: &DemoConfig,
     out: Option<&Path>,
+    on: &mut dyn FnMut(Event),
+) -> Result<DemoOutcome, TrainError> {
+    run_on(cfg, out, &Device::flex(), on)
+}
+
+/// [`run`] on `device` (see [`crate::device::open`]; autodiff is added here).
+pub fn run_on(
+    cfg: &DemoConfig,
+    out: Option<&Path>,
+    device: &Device,
     on: &mut dyn FnMut(Event),
 ) -> Result<DemoOutcome, TrainError> {
     let t0 = Instant::now();
@@ -191,7 +203,7 @@ pub fn run(
     }
     let (train, val, test) = datasets(cfg);
     let tc = cfg.train_config();
-    let device = Device::flex().autodiff();
+    let device = device.clone().autodiff();
     let run_dir: Option<PathBuf> = out.map(|o| o.join("run"));
     let mut trainer = Trainer::new(tc.clone(), None, run_dir.as_deref(), false, &device)?;
     let t_train = Instant::now();

@@ -54,8 +54,8 @@ impl PixLevelModule {
 
     /// The same with burn's ops: the path of other devices, and the kernels' reference.
     pub fn forward_burn(&self, s: Tensor<4>) -> Tensor<4> {
-        let a = relu(self.conv_avg.forward_burn(s.clone())).mean_dim(1); // [B, 1, H, W]
-        let m = relu(self.conv_max.forward_burn(s.clone())).max_dim(1); // [B, 1, H, W]
+        let a = relu(self.conv_avg.forward_generic(s.clone())).mean_dim(1); // [B, 1, H, W]
+        let m = relu(self.conv_max.forward_generic(s.clone())).max_dim(1); // [B, 1, H, W]
         let f = Tensor::cat(vec![a.clone(), m.clone(), a + m], 1); // [B, 3, H, W]
         let f = f.permute([0, 2, 3, 1]); // [B, H, W, 3]
         let z = self.bottleneck.forward(f); // [B, H, W, 1]

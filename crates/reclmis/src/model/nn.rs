@@ -7,8 +7,8 @@
 
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::activation::{relu, softmax};
-use burn::tensor::module::{batch_norm, conv1d, conv2d, layer_norm};
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::{batch_norm, conv1d, conv2d, layer_norm, unfold4d};
+use burn::tensor::ops::{ConvOptions, PadMode, UnfoldOptions};
 use burn::tensor::{Device, Distribution, FloatDType, Tensor, TensorData};
 
 use super::init::Init;
@@ -45,10 +45,22 @@ impl Conv2d {
             };
             return kernels::conv(x, self.weight.val(), bias, false);
         }
+        self.forward_generic(x)
+    }
+
+    /// The convolution on devices without our kernels: burn's, except where the weight is
+    /// trained on a GPU. There, burn 0.22's wgpu convolution gives weight gradients that miss
+    /// part of their sum once a batch has more than about 2·10⁴ pixels (B·H·W; measured on Mesa's
+    /// lavapipe, tests/gpu.rs, docs/gpu.md), so the convolution runs as an im2col matrix product,
+    /// whose gradients are right at any size.
+    pub fn forward_generic(&self, x: Tensor<4>) -> Tensor<4> {
+        if self.weight.val().is_require_grad() && !crate::device::is_cpu(&x.device()) {
+            return conv2d_im2col(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        }
         self.forward_burn(x)
     }
 
-    /// burn's own convolution: the reference for our kernel, and the path on other devices.
+    /// burn's own convolution: the reference for our kernel.
     pub fn forward_burn(&self, x: Tensor<4>) -> Tensor<4> {
         let k = self.weight.dims()[2];
         let p = k / 2;
@@ -60,6 +72,48 @@ impl Conv2d {
         )
     }
 }
+
+/// A same-size convolution (stride 1, zero padding `k/2`) as matrix products of the weight
+/// `[C_out, C_in·k·k]` and the image's patches `[C_in·k·k, rows·W]` (burn's `unfold4d`, in the
+/// weight's order), one band of rows at a time so that no patch matrix passes
+/// [`IM2COL_FLOATS`] (wgpu binds at most 128 MiB per buffer by default; a 128-channel 3×3
+/// convolution over one 224 px image has 231 MB of patches). Its weight gradient is a sum of
+/// matrix products.
+pub fn conv2d_im2col(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
+    let [b, cin, h, w] = x.dims();
+    let [cout, _, k, _] = weight.dims();
+    let (p, kk) = (k / 2, cin * k * k);
+    let rows = (IM2COL_FLOATS / (b * kk * w).max(1)).clamp(1, h);
+    let x = if p > 0 {
+        x.pad((p, p, p, p), PadMode::Constant(0.0))
+    } else {
+        x
+    };
+    let weight = weight.reshape([1, cout, kk]);
+    let mut bands: Vec<Tensor<4>> = (0..h)
+        .step_by(rows)
+        .map(|r0| {
+            let r = rows.min(h - r0);
+            let band = x
+                .clone()
+                .slice([0..b, 0..cin, r0..r0 + r + 2 * p, 0..w + 2 * p]);
+            let cols = unfold4d(band, [k, k], UnfoldOptions::new([1, 1], [0, 0], [1, 1]));
+            weight.clone().matmul(cols).reshape([b, cout, r, w])
+        })
+        .collect();
+    let y = if bands.len() == 1 {
+        bands.remove(0)
+    } else {
+        Tensor::cat(bands, 2)
+    };
+    match bias {
+        Some(bias) => y + bias.reshape([1, cout, 1, 1]),
+        None => y,
+    }
+}
+
+/// The most floats one patch matrix of [`conv2d_im2col`] holds (64 MiB).
+pub const IM2COL_FLOATS: usize = 1 << 24;
 
 /// `nn.Conv1d(c, c, k, padding = k/2)` with bias, over the last axis.
 #[derive(Module, Debug)]
@@ -189,9 +243,10 @@ impl BatchNorm {
     /// `(w·s, (b − μ)·s + β)` with `s = γ/√(σ² + ε)`.
     pub fn fold_into(&self, weight: Tensor<4>, bias: Option<Tensor<1>>) -> (Tensor<4>, Tensor<1>) {
         let c = weight.dims()[0];
-        let scale = self.weight.val() / self.running_var.value().add_scalar(BN_EPS).sqrt();
+        let (mean, var) = self.running();
+        let scale = self.weight.val() / var.add_scalar(BN_EPS).sqrt();
         let bias = bias.unwrap_or_else(|| Tensor::zeros([c], &weight.device()));
-        let b = (bias - self.running_mean.value()) * scale.clone() + self.bias.val();
+        let b = (bias - mean) * scale.clone() + self.bias.val();
         (weight * scale.reshape([c, 1, 1, 1]), b)
     }
 
@@ -206,14 +261,26 @@ impl BatchNorm {
         y
     }
 
+    /// The running mean and variance, on the device of the weights. Forked copies of a model
+    /// (one per device in data-parallel training) share one running state, which follows the
+    /// device of the last fork.
+    fn running(&self) -> (Tensor<1>, Tensor<1>) {
+        let device = self.weight.val().device();
+        (
+            self.running_mean.value().to_device(&device),
+            self.running_var.value().to_device(&device),
+        )
+    }
+
     fn update_running(&self, mean: Tensor<1>, var: Tensor<1>, n: usize) {
         let unbiased = if n > 1 {
             n as f64 / (n as f64 - 1.0)
         } else {
             1.0
         };
-        let rm = self.running_mean.value_sync();
-        let rv = self.running_var.value_sync();
+        let device = mean.device();
+        let rm = self.running_mean.value_sync().to_device(&device);
+        let rv = self.running_var.value_sync().to_device(&device);
         self.running_mean
             .update((rm.mul_scalar(1.0 - BN_MOMENTUM) + mean.mul_scalar(BN_MOMENTUM)).detach());
         self.running_var.update(
@@ -232,14 +299,8 @@ impl BatchNorm {
     /// and the path on other devices.
     pub fn forward_burn<const D: usize>(&self, x: Tensor<D>, train: bool) -> Tensor<D> {
         if !train {
-            return batch_norm(
-                x,
-                self.weight.val(),
-                self.bias.val(),
-                self.running_mean.value(),
-                self.running_var.value(),
-                BN_EPS,
-            );
+            let (mean, var) = self.running();
+            return batch_norm(x, self.weight.val(), self.bias.val(), mean, var, BN_EPS);
         }
         let dims = x.dims();
         let c = dims[1];

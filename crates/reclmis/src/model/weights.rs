@@ -98,9 +98,27 @@ pub fn named_grads<M: Module>(
     module: &M,
     grads: &burn::tensor::Gradients,
 ) -> Vec<(String, HostTensor)> {
+    grads_by_key(module, Grads::Backward(grads))
+}
+
+/// [`named_grads`] for gradients already collected per parameter (what an optimiser takes,
+/// and what data-parallel training sums over devices).
+pub fn named_param_grads<M: Module>(
+    module: &M,
+    grads: &burn::optim::GradientsParams,
+) -> Vec<(String, HostTensor)> {
+    grads_by_key(module, Grads::Params(grads))
+}
+
+enum Grads<'a> {
+    Backward(&'a burn::tensor::Gradients),
+    Params(&'a burn::optim::GradientsParams),
+}
+
+fn grads_by_key<M: Module>(module: &M, grads: Grads) -> Vec<(String, HostTensor)> {
     struct G<'a> {
         path: KeyPath,
-        grads: &'a burn::tensor::Gradients,
+        grads: Grads<'a>,
         out: Vec<(String, HostTensor)>,
     }
     impl ModuleVisitor for G<'_> {
@@ -111,7 +129,11 @@ pub fn named_grads<M: Module>(
             self.path.exit();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = param.val().grad(self.grads) {
+            let g = match self.grads {
+                Grads::Backward(g) => param.val().grad(g),
+                Grads::Params(g) => g.get::<D>(param.id),
+            };
+            if let Some(g) = g {
                 let shape = g.dims().to_vec();
                 let data = super::to_vec(&g);
                 self.out.push((self.path.key(), HostTensor { shape, data }));

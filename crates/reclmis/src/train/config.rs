@@ -64,6 +64,12 @@ pub struct TrainConfig {
     /// Probability that a training sample is narrowed to one side at a step, its note and
     /// target mask alike ([`crate::data::side_focus`]); 0 trains on the samples as they are.
     pub side_focus: f64,
+    /// Shards each step's batch is cut into, each with its own forward and backward pass
+    /// (BatchNorm statistics and batch-level losses per shard) and their gradients summed,
+    /// weighted by shard size, before one optimiser step: gradient accumulation on one device,
+    /// data parallelism over several (shard `j` runs on device `j mod n`; [`super::Trainer::spread_over`]).
+    /// 1 trains on the whole batch at once.
+    pub micro_batches: usize,
 }
 
 impl Default for TrainConfig {
@@ -110,6 +116,7 @@ impl TrainConfig {
             aux_from_epoch: 0,
             paraphrase: 0.0,
             side_focus: 0.0,
+            micro_batches: 1,
         }
     }
 
@@ -118,6 +125,9 @@ impl TrainConfig {
         self.model.validate()?;
         if self.batch_size == 0 {
             return Err(ConfigError("batch_size must be at least 1".into()));
+        }
+        if self.micro_batches == 0 {
+            return Err(ConfigError("micro_batches must be at least 1".into()));
         }
         if self.epochs == 0 {
             return Err(ConfigError("epochs must be at least 1".into()));

@@ -6,4 +6,4 @@ pub mod config;
 pub mod trainer;
 
 pub use config::{LrSchedule, TrainConfig};
-pub use trainer::{EpochMetrics, Event, RunPaths, TrainError, Trainer, validate};
+pub use trainer::{EpochMetrics, Event, RunPaths, StepGradients, TrainError, Trainer, validate};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::ModuleOptimizer;
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 
 use crate::train::adam::FusedAdam;
 use burn::tensor::{Device, Tensor};
@@ -99,6 +99,8 @@ pub enum TrainError {
     Empty,
     #[error("{0}")]
     SideFocus(String),
+    #[error("devices: {0}")]
+    Devices(String),
 }
 
 /// Files of a run folder.
@@ -175,6 +177,16 @@ pub fn validate(
     (loss / n.max(1) as f64, dice / n.max(1) as f64)
 }
 
+/// One step before the update: its losses (shard-weighted means), the summed Dice of its
+/// samples and the gradients summed over its shards, on the model's device.
+pub struct StepGradients {
+    pub total: f64,
+    /// total, criterion, CCL, text and image reconstruction.
+    pub parts: [f64; 5],
+    pub dice: f64,
+    pub grads: GradientsParams,
+}
+
 /// A training run over in-memory data.
 pub struct Trainer {
     pub cfg: TrainConfig,
@@ -184,6 +196,9 @@ pub struct Trainer {
     pub history: Vec<EpochMetrics>,
     pub paths: Option<RunPaths>,
     device: Device,
+    /// Where a step's shards run: shard `j` on `devices[j mod n]`; the first is `device`, where
+    /// the model and the optimiser state live.
+    devices: Vec<Device>,
     cache: TextCache,
     /// Which image half each side word names, measured once on the first training set
     /// (only with side focus).
@@ -244,6 +259,7 @@ impl Trainer {
             history: Vec::new(),
             paths,
             device: device.clone(),
+            devices: vec![device.clone()],
             cache: TextCache::default(),
             orientation: None,
         })
@@ -285,6 +301,7 @@ impl Trainer {
             history,
             paths: Some(RunPaths { dir: p.dir.clone() }),
             device: device.clone(),
+            devices: vec![device.clone()],
             cache: TextCache::default(),
             orientation: None,
         })
@@ -393,17 +410,8 @@ impl Trainer {
                     s
                 })
                 .collect();
-            self.device.seed(step_seed);
-            let b = make_batch(&samples, size, &cfg.model, &self.device);
-            let tfc = self.cache.encode(&self.model, &b.tokens, true);
-            let branches = if e >= cfg.aux_from_epoch {
-                Branches::Aux { seed: step_seed }
-            } else {
-                Branches::Segment
-            };
-            let (out, losses) =
-                step::forward(&self.model, b.images, tfc, &b.tokens, b.masks, branches);
-            let total = to_vec(&losses.total)[0] as f64;
+            let step = self.forward_backward(&samples, size, e, step_seed);
+            let total = step.total;
             if !total.is_finite() {
                 return Err(TrainError::NonFinite {
                     value: total,
@@ -417,28 +425,18 @@ impl Trainer {
                         }),
                 });
             }
-            let probs = to_vec(&out.probs);
-            let px = size * size;
-            let dice: f64 = probs
-                .chunks(px)
-                .enumerate()
-                .map(|(i, p)| metrics::val_dice(p, &b.mask_values[i * px..(i + 1) * px]) as f64)
-                .sum();
-            let part = |t: &Option<Tensor<1>>| t.as_ref().map_or(0.0, |t| to_vec(t)[0] as f64);
             let n = idx.len() as f64;
-            sums[0] += total * n;
-            sums[1] += to_vec(&losses.criterion)[0] as f64 * n;
-            sums[2] += part(&losses.ccl) * n;
-            sums[3] += part(&losses.text_rec) * n;
-            sums[4] += part(&losses.img_rec) * n;
-            sums[5] += dice;
+            for (sum, part) in sums.iter_mut().zip(step.parts) {
+                *sum += part * n;
+            }
+            sums[5] += step.dice;
             seen += idx.len();
-            self.model = step::update(self.model.clone(), &mut self.optim, lr, &losses);
+            self.model = self.optim.step(lr, self.model.clone(), step.grads);
             self.state.step += 1;
             on(Event::Step {
                 step: s + 1,
                 loss: total,
-                dice: dice / n,
+                dice: step.dice / n,
             });
         }
         on(Event::Validating { epoch: e + 1 });
@@ -473,6 +471,116 @@ impl Trainer {
         self.history.push(m.clone());
         self.save(best)?;
         Ok(m)
+    }
+
+    /// Spreads every step over `devices` (data parallelism, burn-train's "optimiser on the main
+    /// device" strategy): each step's batch is cut into `max(micro_batches, devices)` shards,
+    /// the model is forked to each shard's device, and the shards' gradients are moved to the
+    /// first device and summed there with burn's `GradientsAccumulator` before one optimiser
+    /// step. `devices[0]` must be the device the trainer was made on (autodiff included).
+    pub fn spread_over(&mut self, devices: Vec<Device>) -> Result<(), TrainError> {
+        if devices.first() != Some(&self.device) {
+            return Err(TrainError::Devices(
+                "the first device must be the one the model is on".into(),
+            ));
+        }
+        self.devices = devices;
+        Ok(())
+    }
+
+    /// The devices a step runs on (one, unless [`Trainer::spread_over`] gave more).
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// One step's forward and backward passes over `samples`, cut into shards (one shard
+    /// unless `micro_batches` or several devices ask for more). Each shard's loss is weighted
+    /// by its share of the batch, so the summed gradient is that of the batch's mean loss as
+    /// far as the losses are per-sample means (the segmentation criterion is); BatchNorm
+    /// statistics and the CCL's negatives are per shard, as in PyTorch's
+    /// DistributedDataParallel without SyncBatchNorm.
+    /// `samples` are `size`×`size`; `epoch` (0-based) decides whether the auxiliary branch runs.
+    pub fn forward_backward(
+        &mut self,
+        samples: &[Sample],
+        size: usize,
+        epoch: usize,
+        step_seed: u64,
+    ) -> StepGradients {
+        let cfg = &self.cfg;
+        let k = cfg.micro_batches.max(self.devices.len()).min(samples.len());
+        let per = samples.len() / k;
+        let extra = samples.len() % k;
+        let mut start = 0;
+        let mut runs = Vec::with_capacity(k);
+        for j in 0..k {
+            let len = per + usize::from(j < extra);
+            let shard = &samples[start..start + len];
+            start += len;
+            let on = j % self.devices.len();
+            let device = &self.devices[on];
+            // One shard keeps the seeds of a run without shards.
+            let seed = if k == 1 {
+                step_seed
+            } else {
+                mix(step_seed, j as u64, 6)
+            };
+            let replica = if on == 0 {
+                self.model.clone()
+            } else {
+                self.model.clone().fork(device)
+            };
+            device.seed(seed);
+            let b = make_batch(shard, size, &cfg.model, device);
+            let tfc = self.cache.encode(&replica, &b.tokens, true);
+            let branches = if epoch >= cfg.aux_from_epoch {
+                Branches::Aux { seed }
+            } else {
+                Branches::Segment
+            };
+            let (out, losses) =
+                step::forward(&replica, b.images, tfc, &b.tokens, b.masks, branches);
+            let weighted = if k == 1 {
+                losses.total.clone()
+            } else {
+                losses
+                    .total
+                    .clone()
+                    .mul_scalar(len as f64 / samples.len() as f64)
+            };
+            let grads = GradientsParams::from_grads(weighted.backward(), &replica);
+            runs.push((len, b.mask_values, out.probs, losses, grads));
+        }
+        // Read back only once every shard is queued, so devices work side by side.
+        let mut acc = GradientsAccumulator::new();
+        let (mut parts, mut dice) = ([0.0f64; 5], 0.0f64);
+        let px = size * size;
+        for (len, masks, probs, losses, grads) in runs {
+            let w = len as f64 / samples.len() as f64;
+            let part = |t: &Option<Tensor<1>>| t.as_ref().map_or(0.0, |t| to_vec(t)[0] as f64);
+            let values = [
+                to_vec(&losses.total)[0] as f64,
+                to_vec(&losses.criterion)[0] as f64,
+                part(&losses.ccl),
+                part(&losses.text_rec),
+                part(&losses.img_rec),
+            ];
+            for (p, v) in parts.iter_mut().zip(values) {
+                *p += w * v;
+            }
+            dice += to_vec(&probs)
+                .chunks(px)
+                .enumerate()
+                .map(|(i, p)| metrics::val_dice(p, &masks[i * px..(i + 1) * px]) as f64)
+                .sum::<f64>();
+            acc.accumulate(&self.model, grads.to_device(&self.device, &self.model));
+        }
+        StepGradients {
+            total: parts[0],
+            parts,
+            dice,
+            grads: acc.grads(),
+        }
     }
 
     fn save(&self, best: bool) -> Result<(), TrainError> {
