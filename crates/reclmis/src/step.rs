@@ -1,6 +1,6 @@
 //! From samples to one optimiser step, shared by training, evaluation, the benchmark and the
 //! tests: batches as the model takes them, the frozen text tower's cache, the forward pass with
-//! its losses, and the update.
+//! its losses, and the whole-batch update.
 
 use std::collections::HashMap;
 
@@ -115,7 +115,8 @@ pub fn forward(
     (out, losses)
 }
 
-/// Back-propagates `losses.total` and applies one step of `optim` at learning rate `lr`.
+/// Back-propagates `losses.total` and applies one step of `optim` at learning rate `lr` (the
+/// benchmark's step; the trainer sums the gradients of its shards first, `Trainer::forward_backward`).
 pub fn update(model: RecLMIS, optim: &mut ModuleOptimizer, lr: f64, losses: &Losses) -> RecLMIS {
     let grads = GradientsParams::from_grads(losses.total.backward(), &model);
     optim.step(lr, model, grads)

@@ -112,7 +112,9 @@ pub fn conv2d_im2col(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -
     }
 }
 
-/// The most floats one patch matrix of [`conv2d_im2col`] holds (64 MiB).
+/// The most floats one patch matrix of [`conv2d_im2col`] holds (64 MiB), down to one row of the
+/// whole batch: a batch so large that one row passes it (B·C_in·k²·W > 2²⁴, batch 64 of the
+/// paper model's widest conv) would also need bands of the batch.
 pub const IM2COL_FLOATS: usize = 1 << 24;
 
 /// `nn.Conv1d(c, c, k, padding = k/2)` with bias, over the last axis.

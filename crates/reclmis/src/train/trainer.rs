@@ -488,11 +488,6 @@ impl Trainer {
         Ok(())
     }
 
-    /// The devices a step runs on (one, unless [`Trainer::spread_over`] gave more).
-    pub fn devices(&self) -> &[Device] {
-        &self.devices
-    }
-
     /// One step's forward and backward passes over `samples`, cut into shards (one shard
     /// unless `micro_batches` or several devices ask for more). Each shard's loss is weighted
     /// by its share of the batch, so the summed gradient is that of the batch's mean loss as
