@@ -267,6 +267,10 @@ pub fn conv_forward(
         fill_bias(out, bias, &s, relu);
         return;
     }
+    if super::winograd::applies(&s) {
+        super::winograd::conv_forward(x, w, bias, None, s, relu, out);
+        return;
+    }
     let threads = rayon::current_num_threads().max(1);
     let tiles = plan_tiles(&s, s.kk(), threads);
     let out_ptr = SyncPtr(out.as_mut_ptr());

@@ -12,6 +12,7 @@ pub mod amx;
 pub mod bf16;
 pub mod cpu;
 pub mod plam;
+pub mod winograd;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};

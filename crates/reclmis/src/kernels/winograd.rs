@@ -1,0 +1,776 @@
+//! 3×3 convolutions by Winograd's minimal filtering, F(4×4, 3×3) (Lavin & Gray, "Fast Algorithms
+//! for Convolutional Neural Networks", CVPR 2016).
+//!
+//! Each 4×4 block of output pixels ("tile") is computed from the 6×6 input patch around it as
+//! `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`: 36 products per tile and channel pair instead of 144, so the
+//! inner matrix products do a quarter of the im2col gemm's multiplications. The price is three
+//! transforms (filter, input, output) and a little fp32 rounding: the transforms' coefficients
+//! (up to 8 and 1/24) make the result differ from the direct sum by a few units in the last
+//! place of the largest term, well inside the parity tolerances (tests in `cpu/tests.rs`).
+//!
+//! Layout. The filter transform is packed once per call as `[panel][ξ][ci][P]`, `P` output
+//! channels per panel (the width of the micro-kernel's accumulators). The image is cut into bands
+//! of tile rows; for each band a thread copies the input rows channel-last (so that every
+//! transform works on `L` channels at once, one SIMD register), writes the transformed patches
+//! `V[ξ][tile][ci]`, runs 36 small products `M[ξ] = V[ξ] · U[ξ]` with its own register-blocked
+//! micro-kernel, and transforms `M` back into the band's output rows. A band's buffers stay in
+//! the core's L2 cache.
+//!
+//! Instruction sets are chosen at run time: the same generic code is compiled once with
+//! AVX-512 (16 lanes, 64-channel panels) and once with AVX2+FMA (8 lanes, 16-channel panels);
+//! other CPUs get it without either.
+
+// The transforms and the register tile index their small arrays by (row, column) as the
+// formulas do.
+#![allow(clippy::needless_range_loop)]
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::cpu::{ConvShape, SyncPtr};
+
+/// Output pixels per tile side.
+const TILE: usize = 4;
+/// Input pixels per patch side (`TILE + 3 − 1`).
+const PATCH: usize = 6;
+/// Points of the transformed domain (`PATCH²`).
+const XI: usize = PATCH * PATCH;
+/// Bytes of transformed input and output (`V` and `M`) a band may hold, so that they stay in the
+/// core's L2 cache between the transforms and the products.
+const BAND_BYTES: usize = 3 << 20;
+/// Tile rows of the micro-kernel (broadcast operands).
+const RT: usize = 6;
+
+/// Whether [`conv_forward`] is the faster way to compute this convolution: 3×3 kernels with
+/// enough channels that the products dominate the transforms, and enough tiles that the filter
+/// transform (once per call) is paid back.
+/// `RECLMIS_WINOGRAD=0` turns it off (every convolution then runs as im2col + gemm), for
+/// before/after timings and for bit-level comparisons with earlier runs.
+pub(crate) fn applies(s: &ConvShape) -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("RECLMIS_WINOGRAD").is_none_or(|v| v != "0"))
+        && s.k == 3
+        && s.cin >= 16
+        && s.cout >= 16
+        && s.h >= TILE
+        && s.w >= TILE
+        && s.b * s.h.div_ceil(TILE) * s.w.div_ceil(TILE) >= 128
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+/// The instruction sets this CPU can run, best first.
+fn isas() -> Vec<Isa> {
+    let mut v = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            v.push(Isa::Avx512);
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            v.push(Isa::Avx2);
+        }
+    }
+    v.push(Isa::Portable);
+    v
+}
+
+fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| isas()[0])
+}
+
+/// Forward 3×3 convolution (cross-correlation, padding 1), `out = relu?(scale ⊙ (w ⋆ x) + bias)`.
+///
+/// `x: [b, cin, h, w]`, `w: [cout, cin, 3, 3]`, `bias: [cout]`, `out: [b, cout, h, w]`; `scale`
+/// multiplies each output channel before the bias (a BatchNorm folded into the convolution).
+pub fn conv_forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    scale: Option<&[f32]>,
+    s: ConvShape,
+    relu: bool,
+    out: &mut [f32],
+) {
+    assert_eq!(s.k, 3, "winograd: 3×3 kernels only");
+    s.check_forward(x, w, bias, out);
+    if let Some(sc) = scale {
+        assert_eq!(
+            sc.len(),
+            s.cout,
+            "winograd: scale has {} channels",
+            sc.len()
+        );
+    }
+    if out.is_empty() {
+        return;
+    }
+    forward_with(isa(), x, w, bias, scale, s, relu, out);
+}
+
+/// [`conv_forward`] with the instruction set `isa` (which the CPU must have: see [`isas`]).
+#[allow(clippy::too_many_arguments)]
+fn forward_with(
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    scale: Option<&[f32]>,
+    s: ConvShape,
+    relu: bool,
+    out: &mut [f32],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F and FMA (the caller's contract, checked by `isa`).
+        Isa::Avx512 => unsafe { run_avx512(x, w, bias, scale, s, relu, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (as above).
+        Isa::Avx2 => unsafe { run_avx2(x, w, bias, scale, s, relu, out) },
+        Isa::Portable => run::<Portable, 2>(x, w, bias, scale, s, relu, out),
+    }
+}
+
+// The whole call is compiled per instruction set; rayon's closures inside are generic items
+// instantiated from these, so the feature-enabled copies call feature-enabled units (see
+// `unit_dispatch`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn run_avx512(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    scale: Option<&[f32]>,
+    s: ConvShape,
+    relu: bool,
+    out: &mut [f32],
+) {
+    run::<Avx512, 4>(x, w, bias, scale, s, relu, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    scale: Option<&[f32]>,
+    s: ConvShape,
+    relu: bool,
+    out: &mut [f32],
+) {
+    run::<Avx2, 2>(x, w, bias, scale, s, relu, out);
+}
+
+/// The packed filter transform `U`, `[panel][ξ][ci][P]` with `P = L·NV` output channels a panel
+/// (zero past `cout`).
+struct Filters {
+    u: Vec<f32>,
+    p: usize,
+    panels: usize,
+    cin: usize,
+}
+
+impl Filters {
+    fn panel(&self, panel: usize, xi: usize) -> &[f32] {
+        let n = self.cin * self.p;
+        &self.u[(panel * XI + xi) * n..][..n]
+    }
+}
+
+/// `G = [[1/4, 0, 0], [-1/6, -1/6, -1/6], [-1/6, 1/6, -1/6], [1/24, 1/12, 1/6],
+/// [1/24, -1/12, 1/6], [0, 0, 1]]`, so that `U = G g Gᵀ`.
+const G: [[f64; 3]; PATCH] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// `U[ξ = 6i + j] = Σ_{a,b} G[i][a]·G[j][b]·g[a][b]`: the filter transform as a 36×9 matrix, with
+/// the nonzero taps of each row (each coefficient is rounded to f32 once).
+fn filter_taps() -> &'static [Vec<(usize, f32)>; XI] {
+    static TAPS: OnceLock<[Vec<(usize, f32)>; XI]> = OnceLock::new();
+    TAPS.get_or_init(|| {
+        std::array::from_fn(|xi| {
+            let (i, j) = (xi / PATCH, xi % PATCH);
+            (0..9)
+                .map(|k| (k, G[i][k / 3] * G[j][k % 3]))
+                .filter(|&(_, c)| c != 0.0)
+                .map(|(k, c)| (k, c as f32))
+                .collect()
+        })
+    })
+}
+
+fn pack_filters(w: &[f32], scale: Option<&[f32]>, s: &ConvShape, p: usize) -> Filters {
+    let panels = s.cout.div_ceil(p);
+    let n = s.cin * p;
+    let mut u = PACKED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+    resize(&mut u, panels * XI * n);
+    let taps = filter_taps();
+    u[..panels * XI * n]
+        .par_chunks_mut(XI * n)
+        .enumerate()
+        .for_each(|(panel, dst)| {
+            with_scratch(|scratch| {
+                // gt[k][ci][l] = scale[co]·w[co][ci][k] for co = panel·P + l (zero past cout).
+                resize(&mut scratch.gt, 9 * n);
+                let gt = &mut scratch.gt[..9 * n];
+                gt.fill(0.0);
+                for l in 0..p.min(s.cout - panel * p) {
+                    let co = panel * p + l;
+                    let sc = scale.map_or(1.0, |sc| sc[co]);
+                    for ci in 0..s.cin {
+                        for (k, &g) in w[(co * s.cin + ci) * 9..][..9].iter().enumerate() {
+                            gt[(k * s.cin + ci) * p + l] = g * sc;
+                        }
+                    }
+                }
+                for (xi, taps) in taps.iter().enumerate() {
+                    let out = &mut dst[xi * n..][..n];
+                    let (&(k0, c0), rest) = taps.split_first().expect("every row has a tap");
+                    out.iter_mut()
+                        .zip(&gt[k0 * n..][..n])
+                        .for_each(|(o, &g)| *o = c0 * g);
+                    for &(k, c) in rest {
+                        out.iter_mut()
+                            .zip(&gt[k * n..][..n])
+                            .for_each(|(o, &g)| *o += c * g);
+                    }
+                }
+            })
+        });
+    Filters {
+        u,
+        p,
+        panels,
+        cin: s.cin,
+    }
+}
+
+impl Drop for Filters {
+    /// Hands the buffer back for the next call on this thread.
+    fn drop(&mut self) {
+        let u = std::mem::take(&mut self.u);
+        PACKED.with(|cell| *cell.borrow_mut() = u);
+    }
+}
+
+thread_local! {
+    /// The packed filters of the last call from this thread, and each worker's band buffers,
+    /// kept between calls: a fresh multi-megabyte buffer costs a page fault for every 4 KiB it
+    /// touches, which on a virtual machine took longer than the products themselves.
+    static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// Runs `f` with this thread's [`Scratch`] (a fresh one if it is already in use further up the
+/// stack).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => f(&mut scratch),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// One thread's buffers, reused across its bands.
+#[derive(Default)]
+struct Scratch {
+    gt: Vec<f32>,
+    xt: Vec<f32>,
+    v: Vec<f32>,
+    m: Vec<f32>,
+}
+
+fn resize(buf: &mut Vec<f32>, n: usize) {
+    if buf.len() < n {
+        buf.resize(n, 0.0);
+    }
+}
+
+#[inline(always)]
+fn run<S: Simd, const NV: usize>(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    scale: Option<&[f32]>,
+    s: ConvShape,
+    relu: bool,
+    out: &mut [f32],
+) {
+    let f = pack_filters(w, scale, &s, S::L * NV);
+    let th = s.h.div_ceil(TILE);
+    let rows = band_rows(&s, rayon::current_num_threads().max(1));
+    let bands_per_img = th.div_ceil(rows);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let zero_bias = vec![0.0f32; s.cout];
+    let bias = bias.unwrap_or(&zero_bias);
+    (0..s.b * bands_per_img).into_par_iter().for_each(|job| {
+        with_scratch(|scratch| {
+            let (img, band) = (job / bands_per_img, job % bands_per_img);
+            let ty = band * rows..((band + 1) * rows).min(th);
+            let x_img = &x[img * s.cin * s.hw()..][..s.cin * s.hw()];
+            // SAFETY: bands are disjoint tile rows of distinct images, so this job alone writes
+            // output rows `4·ty.start .. 4·ty.end` of image `img`, which lie inside `out`.
+            let out_img = unsafe { SyncPtr(out_ptr.at(img * s.cout * s.hw())) };
+            let job = Band {
+                x: x_img,
+                s: &s,
+                ty,
+                f: &f,
+                bias,
+                relu,
+                out: out_img,
+            };
+            // SAFETY: `S` is the instruction set `conv_forward` detected (see `Band::run`).
+            unsafe { job.run::<S, NV>(scratch) };
+        })
+    });
+}
+
+/// Tile rows per band: the most rows whose `V` and `M` fit [`BAND_BYTES`] (at least one), among
+/// those that spread the bands over the threads evenly (the busiest thread's tile rows are
+/// fewest).
+fn band_rows(s: &ConvShape, threads: usize) -> usize {
+    let (th, tw) = (s.h.div_ceil(TILE), s.w.div_ceil(TILE));
+    let per_tile = XI * 4 * (s.cin + s.cout);
+    let fit = (BAND_BYTES / (per_tile * tw)).clamp(1, th);
+    let busiest = |r: usize| (s.b * th.div_ceil(r)).div_ceil(threads) * r;
+    (1..=fit)
+        .min_by_key(|&r| (busiest(r), usize::MAX - r))
+        .unwrap_or(1)
+}
+
+/// One job: the tile rows `ty` of one image.
+struct Band<'a> {
+    x: &'a [f32],
+    s: &'a ConvShape,
+    ty: std::ops::Range<usize>,
+    f: &'a Filters,
+    bias: &'a [f32],
+    relu: bool,
+    out: SyncPtr,
+}
+
+impl Band<'_> {
+    /// Runs [`unit`] compiled for `S`'s instruction set: rayon's worker closures are separate
+    /// functions, not part of `run_avx512`/`run_avx2`, so they enter a feature-enabled function
+    /// again here.
+    ///
+    /// # Safety
+    /// The CPU must have `S`'s instruction set.
+    unsafe fn run<S: Simd, const NV: usize>(&self, scratch: &mut Scratch) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,fma")]
+            unsafe fn avx512<const NV: usize>(band: &Band, scratch: &mut Scratch) {
+                unsafe { unit::<Avx512, NV>(band, scratch) }
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<const NV: usize>(band: &Band, scratch: &mut Scratch) {
+                unsafe { unit::<Avx2, NV>(band, scratch) }
+            }
+            match S::ISA {
+                // SAFETY: the caller's contract.
+                Isa::Avx512 => return unsafe { avx512::<NV>(self, scratch) },
+                // SAFETY: the caller's contract.
+                Isa::Avx2 => return unsafe { avx2::<NV>(self, scratch) },
+                Isa::Portable => {}
+            }
+        }
+        // SAFETY: `Portable` needs no instruction set.
+        unsafe { unit::<Portable, NV>(self, scratch) }
+    }
+}
+
+/// The few vector operations the kernel needs, over `L` lanes of f32.
+///
+/// # Safety
+/// Every method may only run on a CPU with the instruction set of its implementation (callers
+/// reach them through `run_avx512`/`run_avx2`, entered after run-time detection); pointers must
+/// address `L` readable (or writable) floats.
+trait Simd: Copy {
+    const ISA: Isa;
+    const L: usize;
+    type V: Copy;
+    unsafe fn splat(v: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    /// `a · b + c`, fused where the instruction set has FMA.
+    unsafe fn madd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx512 {
+    const ISA: Isa = Isa::Avx512;
+    const L: usize = 16;
+    type V = std::arch::x86_64::__m512;
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self::V {
+        unsafe { std::arch::x86_64::_mm512_set1_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        unsafe { std::arch::x86_64::_mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { std::arch::x86_64::_mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { std::arch::x86_64::_mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn madd(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        unsafe { std::arch::x86_64::_mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { std::arch::x86_64::_mm512_max_ps(a, b) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2 {
+    const ISA: Isa = Isa::Avx2;
+    const L: usize = 8;
+    type V = std::arch::x86_64::__m256;
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_set1_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn madd(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
+        unsafe { std::arch::x86_64::_mm256_max_ps(a, b) }
+    }
+}
+
+/// Plain arrays, for CPUs without either instruction set.
+#[derive(Clone, Copy)]
+struct Portable;
+
+impl Simd for Portable {
+    const ISA: Isa = Isa::Portable;
+    const L: usize = 8;
+    type V = [f32; 8];
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self::V {
+        [v; 8]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        // SAFETY: the caller's contract: `p` addresses 8 floats.
+        unsafe { p.cast::<[f32; 8]>().read_unaligned() }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        // SAFETY: as `load`.
+        unsafe { p.cast::<[f32; 8]>().write_unaligned(v) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|l| a[l] + b[l])
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|l| a[l] - b[l])
+    }
+    #[inline(always)]
+    unsafe fn madd(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::array::from_fn(|l| a[l] * b[l] + c[l])
+    }
+    #[inline(always)]
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|l| a[l].max(b[l]))
+    }
+}
+
+/// `Bᵀ z` for one column of six vectors:
+/// `Bᵀ = [[4,0,-5,0,1,0], [0,-4,-4,1,1,0], [0,4,-4,-1,1,0], [0,-2,-1,2,1,0], [0,2,-1,-2,1,0],
+/// [0,4,0,-5,0,1]]`.
+#[inline(always)]
+unsafe fn input_1d<S: Simd>(z: [S::V; PATCH]) -> [S::V; PATCH] {
+    let [z0, z1, z2, z3, z4, z5] = z;
+    // SAFETY: the caller's instruction-set contract.
+    unsafe {
+        let (c4, c5, c2) = (S::splat(4.0), S::splat(-5.0), S::splat(2.0));
+        let a = S::sub(z4, z2); // z4 - z2
+        let b = S::sub(z3, z1); // z3 - z1
+        let p = S::add(z3, z4);
+        let q = S::sub(z4, z3);
+        let r = S::add(z1, z2);
+        let t = S::sub(z1, z2);
+        [
+            S::madd(c4, z0, S::madd(c5, z2, z4)),
+            S::madd(S::splat(-4.0), r, p),
+            S::madd(c4, t, q),
+            S::madd(c2, b, a),
+            S::madd(S::splat(-2.0), b, a),
+            S::madd(c4, z1, S::madd(c5, z3, z5)),
+        ]
+    }
+}
+
+/// `Aᵀ m` for one column of six vectors:
+/// `Aᵀ = [[1,1,1,1,1,0], [0,1,-1,2,-2,0], [0,1,1,4,4,0], [0,1,-1,8,-8,1]]`.
+#[inline(always)]
+unsafe fn output_1d<S: Simd>(m: [S::V; PATCH]) -> [S::V; TILE] {
+    let [m0, m1, m2, m3, m4, m5] = m;
+    // SAFETY: the caller's instruction-set contract.
+    unsafe {
+        let a = S::add(m1, m2);
+        let b = S::sub(m1, m2);
+        let c = S::add(m3, m4);
+        let d = S::sub(m3, m4);
+        [
+            S::add(S::add(m0, a), c),
+            S::madd(S::splat(2.0), d, b),
+            S::madd(S::splat(4.0), c, a),
+            S::madd(S::splat(8.0), d, S::add(b, m5)),
+        ]
+    }
+}
+
+/// One band: input copy, input transform, 36 products, output transform.
+///
+/// # Safety
+/// The CPU must have `S`'s instruction set.
+#[inline(always)]
+unsafe fn unit<S: Simd, const NV: usize>(band: &Band, scratch: &mut Scratch) {
+    let Band {
+        x,
+        s,
+        ref ty,
+        f,
+        bias,
+        relu,
+        out,
+    } = *band;
+    let l_ = S::L;
+    let p = l_ * NV;
+    debug_assert_eq!(p, f.p);
+    let (h, w, hw) = (s.h, s.w, s.hw());
+    let cin_p = s.cin.next_multiple_of(l_);
+    let cout_p = f.panels * p;
+    let tw = w.div_ceil(TILE);
+    let tiles = ty.len() * tw;
+    let rows_n = TILE * ty.len() + 2;
+    let cols_n = TILE * tw + 2;
+
+    // 1. The band's input rows, channel-last, with the zero padding written out:
+    // xt[r][c][ci] = x[ci][4·ty.start − 1 + r][c − 1].
+    let xt_len = rows_n * cols_n * cin_p;
+    resize(&mut scratch.xt, xt_len);
+    let xt = &mut scratch.xt[..xt_len];
+    xt.fill(0.0);
+    let y0 = (TILE * ty.start) as isize - 1;
+    for r in 0..rows_n {
+        let y = y0 + r as isize;
+        if y < 0 || y >= h as isize {
+            continue;
+        }
+        let y = y as usize;
+        let row = &mut xt[r * cols_n * cin_p..][..cols_n * cin_p];
+        for cb in (0..s.cin).step_by(l_) {
+            let nl = l_.min(s.cin - cb);
+            for c in 0..w {
+                let dst = &mut row[(c + 1) * cin_p + cb..][..nl];
+                for (l, d) in dst.iter_mut().enumerate() {
+                    *d = x[(cb + l) * hw + y * w + c];
+                }
+            }
+        }
+    }
+
+    // 2. V[ξ][tile][ci] = (Bᵀ d B)[ξ] for every tile of the band.
+    let v_len = XI * tiles * cin_p;
+    resize(&mut scratch.v, v_len);
+    let v = &mut scratch.v[..v_len];
+    let (xt_ptr, v_ptr) = (xt.as_ptr(), v.as_mut_ptr());
+    for t in 0..tiles {
+        let (tr, tc) = (t / tw, t % tw);
+        for cb in (0..cin_p).step_by(l_) {
+            let at = |i: usize, j: usize| ((TILE * tr + i) * cols_n + TILE * tc + j) * cin_p + cb;
+            // SAFETY: `at(i, j)` + L ≤ xt_len for i, j < 6 (rows_n = 4·rows + 2, cols_n = 4·tw
+            // + 2, cb + L ≤ cin_p), and each store index + L ≤ v_len; the instruction set is the
+            // caller's contract.
+            unsafe {
+                let cols: [[S::V; PATCH]; PATCH] = std::array::from_fn(|j| {
+                    input_1d::<S>(std::array::from_fn(|i| S::load(xt_ptr.add(at(i, j)))))
+                });
+                for i in 0..PATCH {
+                    let row = input_1d::<S>(std::array::from_fn(|j| cols[j][i]));
+                    for (j, &val) in row.iter().enumerate() {
+                        S::store(v_ptr.add(((i * PATCH + j) * tiles + t) * cin_p + cb), val);
+                    }
+                }
+            }
+        }
+    }
+
+    // 3. M[ξ][tile][co] = Σ_ci V[ξ][tile][ci] · U[ξ][ci][co].
+    let m_len = XI * tiles * cout_p;
+    resize(&mut scratch.m, m_len);
+    let m = &mut scratch.m[..m_len];
+    for panel in 0..f.panels {
+        for xi in 0..XI {
+            let u = f.panel(panel, xi);
+            let vx = &v[xi * tiles * cin_p..][..tiles * cin_p];
+            let mx = &mut m[xi * tiles * cout_p..][..tiles * cout_p];
+            let mut t0 = 0;
+            while t0 < tiles {
+                let n = RT.min(tiles - t0);
+                let vv = &vx[t0 * cin_p..][..n * cin_p];
+                let mm = &mut mx[t0 * cout_p + panel * p..][..(n - 1) * cout_p + p];
+                // SAFETY: `vv` holds `n` rows of `cin_p ≥ cin` floats, `u` holds `cin` rows of
+                // `p`, `mm` `n` rows of `p` at stride `cout_p`; the instruction set is the
+                // caller's contract.
+                unsafe {
+                    match n {
+                        6 => micro::<S, NV, 6>(s.cin, vv, cin_p, u, mm, cout_p),
+                        5 => micro::<S, NV, 5>(s.cin, vv, cin_p, u, mm, cout_p),
+                        4 => micro::<S, NV, 4>(s.cin, vv, cin_p, u, mm, cout_p),
+                        3 => micro::<S, NV, 3>(s.cin, vv, cin_p, u, mm, cout_p),
+                        2 => micro::<S, NV, 2>(s.cin, vv, cin_p, u, mm, cout_p),
+                        _ => micro::<S, NV, 1>(s.cin, vv, cin_p, u, mm, cout_p),
+                    }
+                }
+                t0 += n;
+            }
+        }
+    }
+
+    // 4. out = Aᵀ M A (+ bias, ReLU), scattered back to NCHW.
+    let mut block = vec![0.0f32; TILE * TILE * l_];
+    let mut bias_p = bias.to_vec();
+    bias_p.resize(cout_p, 0.0);
+    let m_ptr = m.as_ptr();
+    for t in 0..tiles {
+        let (tr, tc) = (t / tw, t % tw);
+        let (oy0, ox0) = (TILE * (ty.start + tr), TILE * tc);
+        let ny = TILE.min(h - oy0);
+        let nx = TILE.min(w - ox0);
+        for cb in (0..s.cout).step_by(l_) {
+            let at = |i: usize, j: usize| ((i * PATCH + j) * tiles + t) * cout_p + cb;
+            // SAFETY: `at(i, j)` + L ≤ m_len (cb + L ≤ cout_p), `block` holds 16·L floats and
+            // `bias_p` cout_p; the instruction set is the caller's contract.
+            unsafe {
+                let cols: [[S::V; TILE]; PATCH] = std::array::from_fn(|j| {
+                    output_1d::<S>(std::array::from_fn(|i| S::load(m_ptr.add(at(i, j)))))
+                });
+                let b = S::load(bias_p.as_ptr().add(cb));
+                let zero = S::splat(0.0);
+                for i in 0..TILE {
+                    let row = output_1d::<S>(std::array::from_fn(|j| cols[j][i]));
+                    for (j, &val) in row.iter().enumerate() {
+                        let y = S::add(val, b);
+                        let y = if relu { S::max(y, zero) } else { y };
+                        S::store(block.as_mut_ptr().add((i * TILE + j) * l_), y);
+                    }
+                }
+            }
+            for l in 0..l_.min(s.cout - cb) {
+                let plane = (cb + l) * hw;
+                for i in 0..ny {
+                    let o = plane + (oy0 + i) * w + ox0;
+                    for j in 0..nx {
+                        // SAFETY: `o + j` addresses pixel (oy0 + i, ox0 + j) of channel cb + l
+                        // of this image, inside the band this job owns (see `run`).
+                        unsafe { *out.at(o + j) = block[(i * TILE + j) * l_ + l] };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `m[r][0..P] = Σ_ci v[r][ci] · u[ci][0..P]` for `R` rows (tiles) and `P = L·NV` columns
+/// (output channels): `R·NV` accumulator registers, each `u` vector loaded once per `ci`.
+///
+/// # Safety
+/// `v` holds `R` rows of at least `k` floats at stride `vs`, `u` `k` rows of `P`, `m` `R` rows
+/// of `P` at stride `ms`; the CPU must have `S`'s instruction set.
+#[inline(always)]
+unsafe fn micro<S: Simd, const NV: usize, const R: usize>(
+    k: usize,
+    v: &[f32],
+    vs: usize,
+    u: &[f32],
+    m: &mut [f32],
+    ms: usize,
+) {
+    let p = S::L * NV;
+    debug_assert!(v.len() >= (R - 1) * vs + k && u.len() >= k * p);
+    debug_assert!(m.len() >= (R - 1) * ms + p);
+    // SAFETY: the caller's contract.
+    unsafe {
+        let (vp, up) = (v.as_ptr(), u.as_ptr());
+        let mut acc = [[S::splat(0.0); NV]; R];
+        for ci in 0..k {
+            let uv: [S::V; NV] = std::array::from_fn(|q| S::load(up.add(ci * p + q * S::L)));
+            for r in 0..R {
+                let a = S::splat(*vp.add(r * vs + ci));
+                for q in 0..NV {
+                    acc[r][q] = S::madd(a, uv[q], acc[r][q]);
+                }
+            }
+        }
+        for r in 0..R {
+            for q in 0..NV {
+                S::store(m.as_mut_ptr().add(r * ms + q * S::L), acc[r][q]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
