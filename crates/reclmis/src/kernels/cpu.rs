@@ -297,6 +297,42 @@ pub fn conv_forward(
     }
 }
 
+/// [`conv_forward`] with each output channel multiplied by `scale` before the bias: a
+/// BatchNorm folded into the convolution at inference. The Winograd path folds the scale into
+/// its filter transform; the others scale a copy of the weights.
+pub fn conv_forward_scaled(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    scale: &[f32],
+    s: ConvShape,
+    relu: bool,
+    out: &mut [f32],
+) {
+    assert_eq!(
+        scale.len(),
+        s.cout,
+        "conv scale has {} channels",
+        scale.len()
+    );
+    if super::winograd::applies(&s) {
+        s.check_forward(x, w, bias, out);
+        super::winograd::conv_forward(x, w, bias, Some(scale), s, relu, out);
+        return;
+    }
+    conv_forward(x, &scale_rows(w, scale), bias, s, relu, out);
+}
+
+/// `w [rows, …]` with row `r` multiplied by `scale[r]`.
+pub(crate) fn scale_rows(w: &[f32], scale: &[f32]) -> Vec<f32> {
+    let n = w.len() / scale.len().max(1);
+    let mut out = w.to_vec();
+    out.par_chunks_mut(n.max(1))
+        .zip(scale)
+        .for_each(|(row, &c)| row.iter_mut().for_each(|v| *v *= c));
+    out
+}
+
 /// Output for a kernel with no inputs (`cin == 0`): just the bias.
 fn fill_bias(out: &mut [f32], bias: Option<&[f32]>, s: &ConvShape, relu: bool) {
     for (i, plane) in out.chunks_exact_mut(s.hw()).enumerate() {
@@ -773,6 +809,76 @@ fn plain_grad_sums(g: &[f32], x: &[f32], m: f64) -> (f64, f64) {
         }
     }
     (sg.iter().sum::<f64>() + tg, sgx.iter().sum::<f64>() + tgx)
+}
+
+/// The decoder's `cat([skip, upsample2(x)], 1)` in one pass: `skip: [b, cs, 2h, 2w]`,
+/// `x: [b, cx, h, w]`, `out: [b, cs + cx, 2h, 2w]`, the upsampling nearest-neighbour
+/// (`out[.., i, j] = x[.., ⌊i/2⌋, ⌊j/2⌋]`).
+pub fn upcat_forward(skip: &[f32], x: &[f32], (b, cs, cx, h, w): UpCat, out: &mut [f32]) {
+    let plane = 4 * h * w;
+    assert_eq!(skip.len(), b * cs * plane, "upcat skip length");
+    assert_eq!(x.len(), b * cx * h * w, "upcat input length");
+    assert_eq!(out.len(), b * (cs + cx) * plane, "upcat output length");
+    if plane == 0 {
+        return;
+    }
+    out.par_chunks_mut(plane).enumerate().for_each(|(p, op)| {
+        let (img, c) = (p / (cs + cx), p % (cs + cx));
+        if c < cs {
+            op.copy_from_slice(&skip[(img * cs + c) * plane..][..plane]);
+            return;
+        }
+        let xp = &x[(img * cx + c - cs) * h * w..][..h * w];
+        for (i, row) in xp.chunks_exact(w).enumerate() {
+            let (r0, r1) = op[2 * i * 2 * w..][..4 * w].split_at_mut(2 * w);
+            for (pair, &v) in r0.chunks_exact_mut(2).zip(row) {
+                pair.fill(v);
+            }
+            r1.copy_from_slice(r0);
+        }
+    });
+}
+
+/// `(b, cs, cx, h, w)` of [`upcat_forward`]: batch, skip channels, upsampled channels, and the
+/// height and width before upsampling.
+pub type UpCat = (usize, usize, usize, usize, usize);
+
+/// Gradient of [`upcat_forward`]: `dskip` is the first `cs` channels of `dy`, `dx` the sum of
+/// each 2×2 block of the rest.
+pub fn upcat_backward(
+    dy: &[f32],
+    (b, cs, cx, h, w): UpCat,
+    dskip: Option<&mut [f32]>,
+    dx: Option<&mut [f32]>,
+) {
+    let plane = 4 * h * w;
+    assert_eq!(dy.len(), b * (cs + cx) * plane, "upcat output-grad length");
+    if plane == 0 {
+        return;
+    }
+    if let Some(dskip) = dskip {
+        assert_eq!(dskip.len(), b * cs * plane, "upcat skip-grad length");
+        dskip.par_chunks_mut(plane).enumerate().for_each(|(p, dp)| {
+            let (img, c) = (p / cs, p % cs);
+            dp.copy_from_slice(&dy[(img * (cs + cx) + c) * plane..][..plane]);
+        });
+    }
+    if let Some(dx) = dx {
+        assert_eq!(dx.len(), b * cx * h * w, "upcat input-grad length");
+        dx.par_chunks_mut(h * w).enumerate().for_each(|(p, dp)| {
+            let (img, c) = (p / cx, p % cx);
+            let g = &dy[(img * (cs + cx) + cs + c) * plane..][..plane];
+            for (i, row) in dp.chunks_exact_mut(w).enumerate() {
+                let (r0, r1) = (
+                    &g[2 * i * 2 * w..][..2 * w],
+                    &g[(2 * i + 1) * 2 * w..][..2 * w],
+                );
+                for (j, d) in row.iter_mut().enumerate() {
+                    *d = (r0[2 * j] + r0[2 * j + 1]) + (r1[2 * j] + r1[2 * j + 1]);
+                }
+            }
+        });
+    }
 }
 
 /// 2×2 max pooling with stride 2 over `planes` planes of `h × w` (odd edges dropped, as

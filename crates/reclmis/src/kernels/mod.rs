@@ -159,8 +159,22 @@ pub trait FastOps: burn::backend::Backend {
         relu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
+    /// [`fast_conv`](FastOps::fast_conv) with each output channel multiplied by `scale [Cout]`
+    /// before the bias: an inference BatchNorm folded into the convolution without rescaling
+    /// the weight tensor on every call.
+    fn fast_conv_scaled(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self>;
+
     /// 2×2 max pooling, stride 2, over `[B, C, H, W]`.
     fn fast_maxpool2(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `cat([skip, upsample_nearest2(x)], 1)` ([`cpu::upcat_forward`]).
+    fn fast_upcat(skip: FloatTensor<Self>, x: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// One Adam update of a parameter, fused ([`cpu::adam_update`]): returns the new parameter
     /// and moments. `combined` and `eps_bc` are Adam's bias-corrected factors for this step.
@@ -256,12 +270,29 @@ fn conv_shape(x: &FlexTensor, w: &FlexTensor) -> ConvShape {
 }
 
 fn conv_forward(x: &FlexTensor, w: &FlexTensor, bias: &FlexTensor, relu: bool) -> FlexTensor {
+    conv_forward_scaled(x, w, bias, None, relu)
+}
+
+/// The convolution, with each output channel scaled before the bias when `scale` is given.
+fn conv_forward_scaled(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    bias: &FlexTensor,
+    scale: Option<&FlexTensor>,
+    relu: bool,
+) -> FlexTensor {
     let s = conv_shape(x, w);
     let mut out = vec![0.0f32; s.b * s.cout * s.h * s.w];
-    match precision() {
-        Precision::Fp32 => cpu::conv_forward(data(x), data(w), Some(data(bias)), s, relu, &mut out),
-        Precision::Bf16 => {
-            bf16::conv_forward_bf16(data(x), data(w), Some(data(bias)), s, relu, &mut out)
+    let (xd, wd, bd) = (data(x), data(w), Some(data(bias)));
+    match (precision(), scale) {
+        (Precision::Fp32, None) => cpu::conv_forward(xd, wd, bd, s, relu, &mut out),
+        (Precision::Fp32, Some(sc)) => {
+            cpu::conv_forward_scaled(xd, wd, bd, data(sc), s, relu, &mut out);
+        }
+        (Precision::Bf16, None) => bf16::conv_forward_bf16(xd, wd, bd, s, relu, &mut out),
+        (Precision::Bf16, Some(sc)) => {
+            let ws = cpu::scale_rows(wd, data(sc));
+            bf16::conv_forward_bf16(xd, &ws, bd, s, relu, &mut out);
         }
     }
     flex(out, vec![s.b, s.cout, s.h, s.w])
@@ -316,6 +347,26 @@ fn bn_stats(mean: &[f64], var: &[f64]) -> FlexTensor {
     let c = mean.len();
     let v: Vec<f32> = mean.iter().chain(var).map(|&v| v as f32).collect();
     flex(v, vec![2, c])
+}
+
+fn upcat_dims(skip: &FlexTensor, x: &FlexTensor) -> cpu::UpCat {
+    let [b, cs, h2, w2] = skip.shape().dims::<4>();
+    let [bx, cx, h, w] = x.shape().dims::<4>();
+    assert!(
+        b == bx && h2 == 2 * h && w2 == 2 * w,
+        "upcat: skip {:?} is not twice the size of {:?}",
+        skip.shape(),
+        x.shape()
+    );
+    (b, cs, cx, h, w)
+}
+
+fn upcat_forward(skip: &FlexTensor, x: &FlexTensor) -> (FlexTensor, cpu::UpCat) {
+    let d = upcat_dims(skip, x);
+    let (b, cs, cx, h, w) = d;
+    let mut y = vec![0.0f32; b * (cs + cx) * 4 * h * w];
+    cpu::upcat_forward(data(skip), data(x), d, &mut y);
+    (flex(y, vec![b, cs + cx, 2 * h, 2 * w]), d)
 }
 
 fn maxpool_forward(x: &FlexTensor) -> (FlexTensor, Vec<u8>) {
@@ -455,6 +506,10 @@ impl FastOps for Flex {
         maxpool_forward(&contiguous_f32(x)).0
     }
 
+    fn fast_upcat(skip: FlexTensor, x: FlexTensor) -> FlexTensor {
+        upcat_forward(&contiguous_f32(skip), &contiguous_f32(x)).0
+    }
+
     fn fast_conv(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, relu: bool) -> FlexTensor {
         let (x, weight, bias) = (
             contiguous_f32(x),
@@ -462,6 +517,22 @@ impl FastOps for Flex {
             contiguous_f32(bias),
         );
         conv_forward(&x, &weight, &bias, relu)
+    }
+
+    fn fast_conv_scaled(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        scale: FlexTensor,
+        relu: bool,
+    ) -> FlexTensor {
+        let (x, weight, bias, scale) = (
+            contiguous_f32(x),
+            contiguous_f32(weight),
+            contiguous_f32(bias),
+            contiguous_f32(scale),
+        );
+        conv_forward_scaled(&x, &weight, &bias, Some(&scale), relu)
     }
 
     fn fast_bn_train(
@@ -623,6 +694,28 @@ impl Backward<Flex, 1> for PoolBackward {
             let mut dx = vec![0.0f32; b * c * h * w];
             cpu::maxpool2_backward(data(&dy), &ops.state.idx, b * c, h, w, &mut dx);
             grads.register::<Flex>(node.id, flex(dx, vec![b, c, h, w]));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct UpCatBackward;
+
+impl Backward<Flex, 2> for UpCatBackward {
+    type State = cpu::UpCat;
+
+    fn backward(self, ops: Ops<cpu::UpCat, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_skip, node_x] = ops.parents;
+        let dy = contiguous_f32(grads.consume::<Flex>(&ops.node));
+        let d @ (b, cs, cx, h, w) = ops.state;
+        let mut dskip = node_skip.as_ref().map(|_| vec![0.0f32; b * cs * 4 * h * w]);
+        let mut dx = node_x.as_ref().map(|_| vec![0.0f32; b * cx * h * w]);
+        cpu::upcat_backward(data(&dy), d, dskip.as_deref_mut(), dx.as_deref_mut());
+        if let (Some(node), Some(g)) = (node_skip, dskip) {
+            grads.register::<Flex>(node.id, flex(g, vec![b, cs, 2 * h, 2 * w]));
+        }
+        if let (Some(node), Some(g)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, flex(g, vec![b, cx, h, w]));
         }
     }
 }
@@ -846,6 +939,34 @@ impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
         }
     }
 
+    /// Tracked by autodiff as `fast_conv(x, weight · scale, bias)`, so gradients stay right.
+    fn fast_conv_scaled(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        use burn::backend::ops::FloatTensorOps;
+        let c = scale.shape().num_elements();
+        let scale = Self::float_reshape(scale, burn::tensor::Shape::new([c, 1, 1, 1]));
+        Self::fast_conv(x, Self::float_mul(weight, scale), bias, relu)
+    }
+
+    fn fast_upcat(skip: FloatTensor<Self>, x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let sp = contiguous_f32(skip.primitive().clone());
+        let xp = contiguous_f32(x.primitive().clone());
+        let (y, dims) = upcat_forward(&sp, &xp);
+        match UpCatBackward
+            .prepare::<C>([skip.node(), x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(dims, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
     fn fast_conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -921,9 +1042,34 @@ pub fn conv(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, relu: bool) -> Ten
     Tensor::from_dispatch(out)
 }
 
+/// [`conv`] with each output channel multiplied by `scale` before the bias.
+pub fn conv_scaled(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    scale: Tensor<1>,
+    relu: bool,
+) -> Tensor<4> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FastOps>::fast_conv_scaled(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        scale.into_dispatch(),
+        relu,
+    ))
+}
+
 /// 2×2 max pooling with stride 2 through our kernels.
 pub fn maxpool2(x: Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(<burn::backend::Dispatch as FastOps>::fast_maxpool2(
+        x.into_dispatch(),
+    ))
+}
+
+/// `cat([skip, upsample_nearest2(x)], 1)` in one pass: `skip [B, Cs, 2H, 2W]`, `x [B, Cx, H, W]`.
+pub fn upsample_cat(skip: Tensor<4>, x: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FastOps>::fast_upcat(
+        skip.into_dispatch(),
         x.into_dispatch(),
     ))
 }

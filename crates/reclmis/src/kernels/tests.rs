@@ -156,19 +156,51 @@ fn maxpool_matches_burn_forward_and_gradient() {
 }
 
 #[test]
+fn upsample_cat_matches_burn_forward_and_gradients() {
+    use crate::model::decoder::upsample_nearest2;
+    let mut init = Init::new(91, &device());
+    for (b, cs, cx, h, w) in [(2, 3, 4, 5, 7), (1, 1, 2, 1, 1)] {
+        let skip = random(&mut init, [b, cs, 2 * h, 2 * w]).require_grad();
+        let x = random(&mut init, [b, cx, h, w]).require_grad();
+        let r = random(&mut init, [b, cs + cx, 2 * h, 2 * w]);
+        let run = |y: Tensor<4>| {
+            let grads = (y.clone() * r.clone()).sum().backward();
+            (host(&y), grad(&skip, &grads), grad(&x, &grads))
+        };
+        let ours = run(upsample_cat(skip.clone(), x.clone()));
+        let reference = run(Tensor::cat(
+            vec![skip.clone(), upsample_nearest2(x.clone())],
+            1,
+        ));
+        assert_eq!(ours.0, reference.0, "values");
+        assert_eq!(ours.1, reference.1, "skip gradient");
+        let e = rel_err(&ours.2, &reference.2);
+        assert!(e <= 1e-6, "input gradient: rel err {e:.2e}");
+    }
+}
+
+/// Both ways of folding: the scale in a copy of the weights (small layers) and in the
+/// Winograd filter transform (`cin = 16` at 48 px).
+#[test]
 fn folded_inference_block_matches_conv_then_batch_norm() {
     let mut init = Init::new(80, &Device::flex());
-    let mut block = ConvBatchNorm::new(4, 6, &mut init);
-    // Non-trivial running statistics, as after training.
-    block.norm.running_mean = burn::module::RunningState::new(random(&mut init, [6]));
-    block.norm.running_var =
-        burn::module::RunningState::new(random(&mut init, [6]).abs().add_scalar(0.2));
-    let x = random(&mut init, [2, 4, 9, 9]);
-    let ours = block.forward(x.clone(), false);
-    let reference =
-        burn::tensor::activation::relu(block.norm.forward_burn(block.conv.forward_burn(x), false));
-    let e = rel_err(&host(&ours), &host(&reference));
-    assert!(e <= 1e-5, "folded conv+BN+ReLU: rel err {e:.2e}");
+    for (cin, cout, b, side) in [(4, 6, 2, 9), (16, 20, 1, 48)] {
+        let mut block = ConvBatchNorm::new(cin, cout, &mut init);
+        // Non-trivial running statistics, as after training.
+        block.norm.running_mean = burn::module::RunningState::new(random(&mut init, [cout]));
+        block.norm.running_var =
+            burn::module::RunningState::new(random(&mut init, [cout]).abs().add_scalar(0.2));
+        let x = random(&mut init, [b, cin, side, side]);
+        let ours = block.forward(x.clone(), false);
+        let reference = burn::tensor::activation::relu(
+            block.norm.forward_burn(block.conv.forward_burn(x), false),
+        );
+        let e = rel_err(&host(&ours), &host(&reference));
+        assert!(
+            e <= 1e-5,
+            "folded conv+BN+ReLU {cin}→{cout}: rel err {e:.2e}"
+        );
+    }
     assert!(enabled(&Device::flex()));
 }
 

@@ -42,6 +42,9 @@ const XI: usize = PATCH * PATCH;
 const BAND_BYTES: usize = 3 << 20;
 /// Tile rows of the micro-kernel (broadcast operands).
 const RT: usize = 6;
+/// Input channels per block of the products: a block of the filter panel (`KC·P` floats, 32 KiB
+/// with AVX-512) stays in L1 while the band's tiles pass it.
+const KC: usize = 128;
 
 /// Whether [`conv_forward`] is the faster way to compute this convolution: 3×3 kernels with
 /// enough channels that the products dominate the transforms, and enough tiles that the filter
@@ -414,6 +417,16 @@ trait Simd: Copy {
     /// `a · b + c`, fused where the instruction set has FMA.
     unsafe fn madd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    /// Copies the `L×L` block of `L` rows of `L` floats at `src` (row stride `src_rs`) to `dst`
+    /// transposed (row stride `dst_rs`).
+    unsafe fn transpose(src: *const f32, src_rs: usize, dst: *mut f32, dst_rs: usize) {
+        for i in 0..Self::L {
+            for j in 0..Self::L {
+                // SAFETY: the caller's contract: both blocks lie inside their buffers.
+                unsafe { *dst.add(j * dst_rs + i) = *src.add(i * src_rs + j) };
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -453,6 +466,46 @@ impl Simd for Avx512 {
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
         unsafe { std::arch::x86_64::_mm512_max_ps(a, b) }
     }
+    /// Three rounds of interleaves (32-bit, 64-bit, then 128-bit lanes twice).
+    #[inline(always)]
+    unsafe fn transpose(src: *const f32, src_rs: usize, dst: *mut f32, dst_rs: usize) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        unsafe {
+            let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * src_rs)));
+            // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved, low and high pairs of each 128-bit lane.
+            let mut t = r;
+            for i in 0..8 {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            // u[4i + j], 128-bit lane k: column 4k + j of rows 4i..4i+4.
+            let mut u = t;
+            for i in 0..4 {
+                let d = |v: __m512| _mm512_castps_pd(v);
+                let (a, b, c, e) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+                u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(d(a), d(c)));
+                u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(d(a), d(c)));
+                u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(d(b), d(e)));
+                u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(d(b), d(e)));
+            }
+            for j in 0..4 {
+                let lo01 = _mm512_shuffle_f32x4::<0x44>(u[j], u[4 + j]);
+                let hi01 = _mm512_shuffle_f32x4::<0xEE>(u[j], u[4 + j]);
+                let lo23 = _mm512_shuffle_f32x4::<0x44>(u[8 + j], u[12 + j]);
+                let hi23 = _mm512_shuffle_f32x4::<0xEE>(u[8 + j], u[12 + j]);
+                let out = [
+                    _mm512_shuffle_f32x4::<0x88>(lo01, lo23),
+                    _mm512_shuffle_f32x4::<0xDD>(lo01, lo23),
+                    _mm512_shuffle_f32x4::<0x88>(hi01, hi23),
+                    _mm512_shuffle_f32x4::<0xDD>(hi01, hi23),
+                ];
+                for (k, v) in out.into_iter().enumerate() {
+                    _mm512_storeu_ps(dst.add((4 * k + j) * dst_rs), v);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -491,6 +544,35 @@ impl Simd for Avx2 {
     #[inline(always)]
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
         unsafe { std::arch::x86_64::_mm256_max_ps(a, b) }
+    }
+    /// Interleaves (32-bit, then 64-bit), then 128-bit halves.
+    #[inline(always)]
+    unsafe fn transpose(src: *const f32, src_rs: usize, dst: *mut f32, dst_rs: usize) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        unsafe {
+            let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * src_rs)));
+            let mut t = r;
+            for i in 0..4 {
+                t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            // s[4h + j], 128-bit lane k: column 4k + j of rows 4h..4h+4.
+            let mut s = t;
+            for h in 0..2 {
+                let (a, b, c, d) = (t[4 * h], t[4 * h + 1], t[4 * h + 2], t[4 * h + 3]);
+                s[4 * h] = _mm256_shuffle_ps::<0x44>(a, c);
+                s[4 * h + 1] = _mm256_shuffle_ps::<0xEE>(a, c);
+                s[4 * h + 2] = _mm256_shuffle_ps::<0x44>(b, d);
+                s[4 * h + 3] = _mm256_shuffle_ps::<0xEE>(b, d);
+            }
+            for j in 0..4 {
+                let lo = _mm256_permute2f128_ps::<0x20>(s[j], s[4 + j]);
+                let hi = _mm256_permute2f128_ps::<0x31>(s[j], s[4 + j]);
+                _mm256_storeu_ps(dst.add(j * dst_rs), lo);
+                _mm256_storeu_ps(dst.add((4 + j) * dst_rs), hi);
+            }
+        }
     }
 }
 
@@ -622,7 +704,24 @@ unsafe fn unit<S: Simd, const NV: usize>(band: &Band, scratch: &mut Scratch) {
         let row = &mut xt[r * cols_n * cin_p..][..cols_n * cin_p];
         for cb in (0..s.cin).step_by(l_) {
             let nl = l_.min(s.cin - cb);
-            for c in 0..w {
+            let mut c = 0;
+            if nl == l_ {
+                while c + l_ <= w {
+                    // SAFETY: channels cb..cb+L of pixels (y, c..c+L) lie in `x`, and pixels
+                    // c+1..c+L+1 of channel block cb in `row` (cols_n ≥ w + 2, cb + L ≤ cin_p);
+                    // the instruction set is the caller's contract.
+                    unsafe {
+                        S::transpose(
+                            x[cb * hw + y * w + c..].as_ptr(),
+                            hw,
+                            row[(c + 1) * cin_p + cb..].as_mut_ptr(),
+                            cin_p,
+                        );
+                    }
+                    c += l_;
+                }
+            }
+            for c in c..w {
                 let dst = &mut row[(c + 1) * cin_p + cb..][..nl];
                 for (l, d) in dst.iter_mut().enumerate() {
                     *d = x[(cb + l) * hw + y * w + c];
@@ -666,25 +765,32 @@ unsafe fn unit<S: Simd, const NV: usize>(band: &Band, scratch: &mut Scratch) {
             let u = f.panel(panel, xi);
             let vx = &v[xi * tiles * cin_p..][..tiles * cin_p];
             let mx = &mut m[xi * tiles * cout_p..][..tiles * cout_p];
-            let mut t0 = 0;
-            while t0 < tiles {
-                let n = RT.min(tiles - t0);
-                let vv = &vx[t0 * cin_p..][..n * cin_p];
-                let mm = &mut mx[t0 * cout_p + panel * p..][..(n - 1) * cout_p + p];
-                // SAFETY: `vv` holds `n` rows of `cin_p ≥ cin` floats, `u` holds `cin` rows of
-                // `p`, `mm` `n` rows of `p` at stride `cout_p`; the instruction set is the
-                // caller's contract.
-                unsafe {
-                    match n {
-                        6 => micro::<S, NV, 6>(s.cin, vv, cin_p, u, mm, cout_p),
-                        5 => micro::<S, NV, 5>(s.cin, vv, cin_p, u, mm, cout_p),
-                        4 => micro::<S, NV, 4>(s.cin, vv, cin_p, u, mm, cout_p),
-                        3 => micro::<S, NV, 3>(s.cin, vv, cin_p, u, mm, cout_p),
-                        2 => micro::<S, NV, 2>(s.cin, vv, cin_p, u, mm, cout_p),
-                        _ => micro::<S, NV, 1>(s.cin, vv, cin_p, u, mm, cout_p),
+            // Blocks of KC input channels, so that the filter block a micro-kernel call streams
+            // stays in L1 across the band's tiles.
+            for k0 in (0..s.cin).step_by(KC) {
+                let kc = KC.min(s.cin - k0);
+                let uk = &u[k0 * p..][..kc * p];
+                let mut t0 = 0;
+                while t0 < tiles {
+                    let n = RT.min(tiles - t0);
+                    let vv = &vx[t0 * cin_p + k0..][..(n - 1) * cin_p + kc];
+                    let mm = &mut mx[t0 * cout_p + panel * p..][..(n - 1) * cout_p + p];
+                    let acc = k0 > 0;
+                    // SAFETY: `vv` holds `n` rows of `kc` floats at stride `cin_p`, `uk` `kc`
+                    // rows of `p`, `mm` `n` rows of `p` at stride `cout_p`; the instruction set
+                    // is the caller's contract.
+                    unsafe {
+                        match n {
+                            6 => micro::<S, NV, 6>(kc, vv, cin_p, uk, mm, cout_p, acc),
+                            5 => micro::<S, NV, 5>(kc, vv, cin_p, uk, mm, cout_p, acc),
+                            4 => micro::<S, NV, 4>(kc, vv, cin_p, uk, mm, cout_p, acc),
+                            3 => micro::<S, NV, 3>(kc, vv, cin_p, uk, mm, cout_p, acc),
+                            2 => micro::<S, NV, 2>(kc, vv, cin_p, uk, mm, cout_p, acc),
+                            _ => micro::<S, NV, 1>(kc, vv, cin_p, uk, mm, cout_p, acc),
+                        }
                     }
+                    t0 += n;
                 }
-                t0 += n;
             }
         }
     }
@@ -733,8 +839,9 @@ unsafe fn unit<S: Simd, const NV: usize>(band: &Band, scratch: &mut Scratch) {
     }
 }
 
-/// `m[r][0..P] = Σ_ci v[r][ci] · u[ci][0..P]` for `R` rows (tiles) and `P = L·NV` columns
-/// (output channels): `R·NV` accumulator registers, each `u` vector loaded once per `ci`.
+/// `m[r][0..P] (+)= Σ_ci v[r][ci] · u[ci][0..P]` for `R` rows (tiles) and `P = L·NV` columns
+/// (output channels), adding to `m` when `accumulate`: `R·NV` accumulator registers, each `u`
+/// vector loaded once per `ci`.
 ///
 /// # Safety
 /// `v` holds `R` rows of at least `k` floats at stride `vs`, `u` `k` rows of `P`, `m` `R` rows
@@ -747,14 +854,22 @@ unsafe fn micro<S: Simd, const NV: usize, const R: usize>(
     u: &[f32],
     m: &mut [f32],
     ms: usize,
+    accumulate: bool,
 ) {
     let p = S::L * NV;
     debug_assert!(v.len() >= (R - 1) * vs + k && u.len() >= k * p);
     debug_assert!(m.len() >= (R - 1) * ms + p);
     // SAFETY: the caller's contract.
     unsafe {
-        let (vp, up) = (v.as_ptr(), u.as_ptr());
+        let (vp, up, mp) = (v.as_ptr(), u.as_ptr(), m.as_mut_ptr());
         let mut acc = [[S::splat(0.0); NV]; R];
+        if accumulate {
+            for r in 0..R {
+                for q in 0..NV {
+                    acc[r][q] = S::load(mp.add(r * ms + q * S::L));
+                }
+            }
+        }
         for ci in 0..k {
             let uv: [S::V; NV] = std::array::from_fn(|q| S::load(up.add(ci * p + q * S::L)));
             for r in 0..R {
@@ -766,7 +881,7 @@ unsafe fn micro<S: Simd, const NV: usize, const R: usize>(
         }
         for r in 0..R {
             for q in 0..NV {
-                S::store(m.as_mut_ptr().add(r * ms + q * S::L), acc[r][q]);
+                S::store(mp.add(r * ms + q * S::L), acc[r][q]);
             }
         }
     }

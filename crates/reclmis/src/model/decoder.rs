@@ -81,9 +81,13 @@ impl UpBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>, skip: Tensor<4>, train: bool) -> Tensor<4> {
-        let up = upsample_nearest2(x);
         let sa = self.pix_module.forward(skip);
-        forward_convs(&self.n_convs, Tensor::cat(vec![sa, up], 1), train)
+        let cat = if kernels::enabled(&x.device()) {
+            kernels::upsample_cat(sa, x)
+        } else {
+            Tensor::cat(vec![sa, upsample_nearest2(x)], 1)
+        };
+        forward_convs(&self.n_convs, cat, train)
     }
 }
 

@@ -32,12 +32,15 @@ impl ConvBatchNorm {
         if train {
             return self.norm.forward_relu(self.conv.forward(x), true);
         }
-        // Inference: the BatchNorm folded into the convolution, the ReLU in its epilogue.
-        let (w, b) = self.norm.fold_into(
-            self.conv.weight.val(),
+        // Inference: the BatchNorm folded into the convolution (its scale applied by the
+        // kernel, so the weights are not rescaled on every call), the ReLU in its epilogue.
+        let weight = self.conv.weight.val();
+        let (scale, b) = self.norm.fold_scale(
             self.conv.bias.as_ref().map(|b| b.val()),
+            weight.dims()[0],
+            &x.device(),
         );
-        kernels::conv(x, w, b, true)
+        kernels::conv_scaled(x, weight, b, scale, true)
     }
 }
 

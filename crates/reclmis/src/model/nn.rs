@@ -245,11 +245,23 @@ impl BatchNorm {
     /// `(w·s, (b − μ)·s + β)` with `s = γ/√(σ² + ε)`.
     pub fn fold_into(&self, weight: Tensor<4>, bias: Option<Tensor<1>>) -> (Tensor<4>, Tensor<1>) {
         let c = weight.dims()[0];
+        let (scale, b) = self.fold_scale(bias, c, &weight.device());
+        (weight * scale.reshape([c, 1, 1, 1]), b)
+    }
+
+    /// The per-channel part of [`fold_into`](Self::fold_into): the scale `s` and the folded
+    /// bias `(b − μ)·s + β`, for a convolution that applies `s` itself.
+    pub fn fold_scale(
+        &self,
+        bias: Option<Tensor<1>>,
+        c: usize,
+        device: &Device,
+    ) -> (Tensor<1>, Tensor<1>) {
         let (mean, var) = self.running();
         let scale = self.weight.val() / var.add_scalar(BN_EPS).sqrt();
-        let bias = bias.unwrap_or_else(|| Tensor::zeros([c], &weight.device()));
+        let bias = bias.unwrap_or_else(|| Tensor::zeros([c], device));
         let b = (bias - mean) * scale.clone() + self.bias.val();
-        (weight * scale.reshape([c, 1, 1, 1]), b)
+        (scale, b)
     }
 
     fn forward_fast<const D: usize>(&self, x: Tensor<D>, relu: bool) -> Tensor<D> {
