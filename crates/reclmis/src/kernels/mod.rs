@@ -12,6 +12,8 @@ pub mod amx;
 pub mod bf16;
 pub mod cpu;
 pub mod plam;
+pub(crate) mod simd;
+pub mod thin;
 pub mod winograd;
 
 use std::sync::Arc;
@@ -189,6 +191,10 @@ pub trait FastOps: burn::backend::Backend {
         combined: f64,
         eps_bc: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `x [rows, din] · wᵀ` for a `Linear` weight `w [dout, din]` and few rows, without packing
+    /// the weight ([`thin::linear`]).
+    fn fast_linear_thin(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// `x [rows, din] · wᵀ` for a `Linear` weight `w [dout, din]`, with bf16 operands and f32
     /// accumulation ([`bf16::matmul_bf16`]).
@@ -467,6 +473,15 @@ fn linear_bf16_forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
 impl FastOps for Flex {
     fn fast_linear_bf16(x: FlexTensor, w: FlexTensor) -> FlexTensor {
         linear_bf16_forward(&contiguous_f32(x), &contiguous_f32(w))
+    }
+
+    fn fast_linear_thin(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+        let (x, w) = (contiguous_f32(x), contiguous_f32(w));
+        let [rows, din] = x.shape().dims::<2>();
+        let dout = w.shape().dims::<2>()[0];
+        let mut y = vec![0.0f32; rows * dout];
+        thin::linear(data(&x), rows, din, data(&w), dout, &mut y);
+        flex(y, vec![rows, dout])
     }
 
     fn fast_adam(
@@ -829,6 +844,12 @@ impl Backward<Flex, 2> for LinearBackward {
 }
 
 impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
+    /// burn's tracked matmul: the thin kernel is for products nothing differentiates.
+    fn fast_linear_thin(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        use burn::backend::ops::FloatTensorOps;
+        Self::float_matmul(x, Self::float_transpose(w))
+    }
+
     fn fast_linear_bf16(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         let xp = contiguous_f32(x.primitive().clone());
         let wp = contiguous_f32(w.primitive().clone());
@@ -1071,6 +1092,14 @@ pub fn upsample_cat(skip: Tensor<4>, x: Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(<burn::backend::Dispatch as FastOps>::fast_upcat(
         skip.into_dispatch(),
         x.into_dispatch(),
+    ))
+}
+
+/// `x [rows, din] · wᵀ` (`w: [dout, din]`) for few rows, streaming the weight ([`thin`]).
+pub fn linear_thin(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FastOps>::fast_linear_thin(
+        x.into_dispatch(),
+        w.into_dispatch(),
     ))
 }
 

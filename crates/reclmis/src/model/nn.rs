@@ -202,8 +202,16 @@ pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, b: Tensor<1>) -> Tenso
     let rows: usize = dims[..D - 1].iter().product();
     dims[D - 1] = w.dims()[0];
     let x = x.reshape([rows, din]);
-    let y = if kernels::enabled(&x.device()) && kernels::precision() == kernels::Precision::Bf16 {
+    let ours = kernels::enabled(&x.device());
+    let y = if ours && kernels::precision() == kernels::Precision::Bf16 {
         kernels::linear_bf16(x, w)
+    } else if ours
+        && rows <= kernels::thin::MAX_ROWS
+        && !x.is_require_grad()
+        && !w.is_require_grad()
+    {
+        // Few rows and nothing to differentiate (inference, the frozen text tower).
+        kernels::linear_thin(x, w)
     } else {
         x.matmul(w.transpose())
     } + b.unsqueeze::<2>();
