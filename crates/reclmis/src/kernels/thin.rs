@@ -7,6 +7,9 @@
 //! rows is read straight from memory once and multiplied against all rows of `x` (which stay in
 //! L1), `R` rows at a time in `R·JB` accumulator registers, reduced across lanes at the end.
 
+// The register block is indexed by (row, column) as the product is.
+#![allow(clippy::needless_range_loop)]
+
 use std::ops::Range;
 
 use rayon::prelude::*;
