@@ -203,15 +203,16 @@ pub fn linear<const D: usize>(x: Tensor<D>, w: Tensor<2>, b: Tensor<1>) -> Tenso
     dims[D - 1] = w.dims()[0];
     let x = x.reshape([rows, din]);
     let ours = kernels::enabled(&x.device());
-    let y = if ours && kernels::precision() == kernels::Precision::Bf16 {
-        kernels::linear_bf16(x, w)
-    } else if ours
+    let y = if ours
         && rows <= kernels::thin::MAX_ROWS
         && !x.is_require_grad()
         && !w.is_require_grad()
     {
-        // Few rows and nothing to differentiate (inference, the frozen text tower).
+        // Few rows and nothing to differentiate (inference, the frozen text tower): in fp32
+        // whatever the precision, since streaming the weight costs the same either way.
         kernels::linear_thin(x, w)
+    } else if ours && kernels::precision() == kernels::Precision::Bf16 {
+        kernels::linear_bf16(x, w)
     } else {
         x.matmul(w.transpose())
     } + b.unsqueeze::<2>();
