@@ -22,12 +22,13 @@
 
 use super::cpu::{self, ConvShape};
 
-/// Whether this CPU runs the bf16 kernels (AVX-512 F, BW and BF16); when it does not, the
-/// `*_bf16` functions compute in f32.
+/// Whether this CPU runs the bf16 kernels (AVX-512 F, BW and BF16, and no `RECLMIS_ISA` cap
+/// below AVX-512); when it does not, the `*_bf16` functions compute in f32.
 pub fn bf16_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f")
+        super::simd::isa() == super::simd::Isa::Avx512
+            && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512bf16")
     }

@@ -106,20 +106,12 @@ pub fn precision_label() -> String {
     }
 }
 
-/// The instruction set our fp32 kernels (and the gemm under them) use on this CPU, detected at
-/// run time: `avx512f`, `avx2+fma` or `scalar`; with `+avx512bf16` where the bf16 kernels can run
-/// and `+amx` where they use AMX tiles.
+/// The instruction set our kernels use on this CPU, detected at run time (capped by
+/// `RECLMIS_ISA=avx2|portable`): `avx512f`, `avx2+fma` or `portable`; with `+avx512bf16` where the
+/// bf16 kernels can run and `+amx` where they use AMX tiles. The `gemm` crate under the im2col
+/// convolutions and burn's matmuls detects its own.
 pub fn isa() -> String {
-    #[cfg(target_arch = "x86_64")]
-    let base = if is_x86_feature_detected!("avx512f") {
-        "avx512f"
-    } else if is_x86_feature_detected!("fma") && is_x86_feature_detected!("avx2") {
-        "avx2+fma"
-    } else {
-        "scalar"
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let base = "portable";
+    let base = simd::isa_name();
     let mut isa = base.to_owned();
     if bf16::bf16_supported() {
         isa.push_str("+avx512bf16");

@@ -30,9 +30,32 @@ pub(crate) fn isas() -> Vec<Isa> {
     v
 }
 
+/// The instruction set the kernels use: the best this CPU has, or a lower one named by
+/// `RECLMIS_ISA` (`avx2` or `portable`), to time or test another machine's path on this one.
+/// A name the CPU cannot run, or an unknown one, is ignored.
 pub(crate) fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| isas()[0])
+    *ISA.get_or_init(|| {
+        let have = isas();
+        let wanted = match std::env::var("RECLMIS_ISA").as_deref() {
+            #[cfg(target_arch = "x86_64")]
+            Ok("avx2") => Some(Isa::Avx2),
+            Ok("portable") => Some(Isa::Portable),
+            _ => None,
+        };
+        wanted.filter(|w| have.contains(w)).unwrap_or(have[0])
+    })
+}
+
+/// The name [`isa`] goes by in reports.
+pub(crate) fn isa_name() -> &'static str {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => "avx512f",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => "avx2+fma",
+        Isa::Portable => "portable",
+    }
 }
 
 /// The few vector operations the kernel needs, over `L` lanes of f32.
