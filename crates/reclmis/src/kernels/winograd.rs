@@ -96,6 +96,16 @@ pub fn conv_forward(
     forward_with(isa(), x, w, bias, scale, s, relu, out);
 }
 
+/// One convolution's operands (see [`conv_forward`]).
+struct Call<'a> {
+    x: &'a [f32],
+    w: &'a [f32],
+    bias: Option<&'a [f32]>,
+    scale: Option<&'a [f32]>,
+    s: ConvShape,
+    relu: bool,
+}
+
 /// [`conv_forward`] with the instruction set `isa` (which the CPU must have: see [`isas`]).
 #[allow(clippy::too_many_arguments)]
 fn forward_with(
@@ -108,46 +118,38 @@ fn forward_with(
     relu: bool,
     out: &mut [f32],
 ) {
+    let call = Call {
+        x,
+        w,
+        bias,
+        scale,
+        s,
+        relu,
+    };
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512F and FMA (the caller's contract, checked by `isa`).
-        Isa::Avx512 => unsafe { run_avx512(x, w, bias, scale, s, relu, out) },
+        Isa::Avx512 => unsafe { run_avx512(&call, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 and FMA (as above).
-        Isa::Avx2 => unsafe { run_avx2(x, w, bias, scale, s, relu, out) },
-        Isa::Portable => run::<Portable, 2>(x, w, bias, scale, s, relu, out),
+        Isa::Avx2 => unsafe { run_avx2(&call, out) },
+        Isa::Portable => run::<Portable, 2>(&call, out),
     }
 }
 
-// The whole call is compiled per instruction set; rayon's closures inside are generic items
-// instantiated from these, so the feature-enabled copies call feature-enabled units (see
-// `unit_dispatch`).
+// The filter packing and the band loop are compiled per instruction set; rayon's worker
+// closures are separate functions, so each band enters a feature-enabled function again
+// (`Band::run`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn run_avx512(
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    scale: Option<&[f32]>,
-    s: ConvShape,
-    relu: bool,
-    out: &mut [f32],
-) {
-    run::<Avx512, 4>(x, w, bias, scale, s, relu, out);
+unsafe fn run_avx512(call: &Call, out: &mut [f32]) {
+    run::<Avx512, 4>(call, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2(
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    scale: Option<&[f32]>,
-    s: ConvShape,
-    relu: bool,
-    out: &mut [f32],
-) {
-    run::<Avx2, 2>(x, w, bias, scale, s, relu, out);
+unsafe fn run_avx2(call: &Call, out: &mut [f32]) {
+    run::<Avx2, 2>(call, out);
 }
 
 /// The packed filter transform `U`, `[panel][ξ][ci][P]` with `P = L·NV` output channels a panel
@@ -280,15 +282,15 @@ fn resize(buf: &mut Vec<f32>, n: usize) {
 }
 
 #[inline(always)]
-fn run<S: Simd, const NV: usize>(
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    scale: Option<&[f32]>,
-    s: ConvShape,
-    relu: bool,
-    out: &mut [f32],
-) {
+fn run<S: Simd, const NV: usize>(call: &Call, out: &mut [f32]) {
+    let &Call {
+        x,
+        w,
+        bias,
+        scale,
+        s,
+        relu,
+    } = call;
     let f = pack_filters(w, scale, &s, S::L * NV);
     let th = s.h.div_ceil(TILE);
     let rows = band_rows(&s, rayon::current_num_threads().max(1));
