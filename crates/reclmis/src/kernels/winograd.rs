@@ -93,7 +93,15 @@ pub fn conv_forward(
     if out.is_empty() {
         return;
     }
-    forward_with(isa(), x, w, bias, scale, s, relu, out);
+    let call = Call {
+        x,
+        w,
+        bias,
+        scale,
+        s,
+        relu,
+    };
+    forward_with(isa(), &call, out);
 }
 
 /// One convolution's operands (see [`conv_forward`]).
@@ -106,34 +114,17 @@ struct Call<'a> {
     relu: bool,
 }
 
-/// [`conv_forward`] with the instruction set `isa` (which the CPU must have: see [`isas`]).
-#[allow(clippy::too_many_arguments)]
-fn forward_with(
-    isa: Isa,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    scale: Option<&[f32]>,
-    s: ConvShape,
-    relu: bool,
-    out: &mut [f32],
-) {
-    let call = Call {
-        x,
-        w,
-        bias,
-        scale,
-        s,
-        relu,
-    };
+/// [`conv_forward`] with the instruction set `isa` (which the CPU must have: see [`isas`]), on
+/// operands already checked.
+fn forward_with(isa: Isa, call: &Call, out: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512F and FMA (the caller's contract, checked by `isa`).
-        Isa::Avx512 => unsafe { run_avx512(&call, out) },
+        Isa::Avx512 => unsafe { run_avx512(call, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 and FMA (as above).
-        Isa::Avx2 => unsafe { run_avx2(&call, out) },
-        Isa::Portable => run::<Portable, 2>(&call, out),
+        Isa::Avx2 => unsafe { run_avx2(call, out) },
+        Isa::Portable => run::<Portable, 2>(call, out),
     }
 }
 

@@ -250,16 +250,9 @@ impl BatchNorm {
         relu(self.forward(x, train))
     }
 
-    /// The inference-mode BatchNorm folded into the convolution before it:
-    /// `(w·s, (b − μ)·s + β)` with `s = γ/√(σ² + ε)`.
-    pub fn fold_into(&self, weight: Tensor<4>, bias: Option<Tensor<1>>) -> (Tensor<4>, Tensor<1>) {
-        let c = weight.dims()[0];
-        let (scale, b) = self.fold_scale(bias, c, &weight.device());
-        (weight * scale.reshape([c, 1, 1, 1]), b)
-    }
-
-    /// The per-channel part of [`fold_into`](Self::fold_into): the scale `s` and the folded
-    /// bias `(b − μ)·s + β`, for a convolution that applies `s` itself.
+    /// The inference-mode BatchNorm folded into the convolution before it, which applies the
+    /// scale itself (`kernels::conv_scaled`): the scale `s = γ/√(σ² + ε)` and the folded bias
+    /// `(b − μ)·s + β`, so that `conv(x, w·s, bias') = BN(conv(x, w, b))`.
     pub fn fold_scale(
         &self,
         bias: Option<Tensor<1>>,

@@ -58,7 +58,15 @@ fn worst_error(isa: Isa, s: ConvShape) -> f64 {
         (None, None, true),
     ] {
         let mut out = vec![f32::NAN; s.b * s.cout * s.hw()];
-        forward_with(isa, &x, &w, b, sc, s, relu, &mut out);
+        let call = Call {
+            x: &x,
+            w: &w,
+            bias: b,
+            scale: sc,
+            s,
+            relu,
+        };
+        forward_with(isa, &call, &mut out);
         let e = rel_err(&out, &naive(&x, &w, b, sc, &s, relu));
         eprintln!(
             "{isa:?} {s:?} bias {} scale {} relu {relu}: {e:.2e}",
