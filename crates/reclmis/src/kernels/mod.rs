@@ -29,6 +29,7 @@ use burn::backend::{Autodiff, DispatchDevice, Flex, TensorMetadata, backend_exte
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use cpu::ConvShape;
+use rayon::prelude::*;
 
 /// Which implementation the conv/BatchNorm blocks use on a CPU device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,7 +281,7 @@ fn conv_forward_scaled(
     relu: bool,
 ) -> FlexTensor {
     let s = conv_shape(x, w);
-    let mut out = vec![0.0f32; s.b * s.cout * s.h * s.w];
+    let mut out = cpu::zeroed(s.b * s.cout * s.h * s.w);
     let (xd, wd, bd) = (data(x), data(w), Some(data(bias)));
     match (precision(), scale) {
         (Precision::Fp32, None) => cpu::conv_forward(xd, wd, bd, s, relu, &mut out),
@@ -318,7 +319,7 @@ fn bn_forward(
     relu: bool,
 ) -> BnForward {
     let (b, c, n) = bn_dims(x);
-    let mut y = vec![0.0f32; b * c * n];
+    let mut y = cpu::zeroed(b * c * n);
     let mut mean = vec![0.0f64; c];
     let mut var = vec![0.0f64; c];
     cpu::bn_train_forward(
@@ -362,7 +363,7 @@ fn upcat_dims(skip: &FlexTensor, x: &FlexTensor) -> cpu::UpCat {
 fn upcat_forward(skip: &FlexTensor, x: &FlexTensor) -> (FlexTensor, cpu::UpCat) {
     let d = upcat_dims(skip, x);
     let (b, cs, cx, h, w) = d;
-    let mut y = vec![0.0f32; b * (cs + cx) * 4 * h * w];
+    let mut y = cpu::zeroed(b * (cs + cx) * 4 * h * w);
     cpu::upcat_forward(data(skip), data(x), d, &mut y);
     (flex(y, vec![b, cs + cx, 2 * h, 2 * w]), d)
 }
@@ -370,7 +371,7 @@ fn upcat_forward(skip: &FlexTensor, x: &FlexTensor) -> (FlexTensor, cpu::UpCat) 
 fn maxpool_forward(x: &FlexTensor) -> (FlexTensor, Vec<u8>) {
     let [b, c, h, w] = x.shape().dims::<4>();
     let n = b * c * (h / 2) * (w / 2);
-    let (mut y, mut idx) = (vec![0.0f32; n], vec![0u8; n]);
+    let (mut y, mut idx) = (cpu::zeroed(n), cpu::filled(n, 0u8));
     cpu::maxpool2_forward(data(x), b * c, h, w, &mut y, &mut idx);
     (flex(y, vec![b, c, h / 2, w / 2]), idx)
 }
@@ -383,7 +384,7 @@ fn plam_forward(
     let [b, c, h, w] = s.shape().dims::<4>();
     let sh = plam::PlamShape { b, c, hw: h * w };
     let w2 = [data(&p.w_avg), data(&p.w_max)].concat();
-    let mut y = vec![0.0f32; b * c * h * w];
+    let mut y = cpu::zeroed(b * c * h * w);
     let saved = plam::plam_forward(data(s), &w2, plam_mlp(p), sh, &mut y);
     (flex(y, vec![b, c, h, w]), w2, sh, saved)
 }
@@ -443,7 +444,7 @@ fn linear_bf16_forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
         "linear: input width {din}, weight {:?}",
         w.shape()
     );
-    let mut y = vec![0.0f32; rows * dout];
+    let mut y = cpu::zeroed(rows * dout);
     let (xd, wd) = (data(x), data(w));
     bf16::matmul_bf16(
         (rows, dout, din),
@@ -471,7 +472,7 @@ impl FastOps for Flex {
         let (x, w) = (contiguous_f32(x), contiguous_f32(w));
         let [rows, din] = x.shape().dims::<2>();
         let dout = w.shape().dims::<2>()[0];
-        let mut y = vec![0.0f32; rows * dout];
+        let mut y = cpu::zeroed(rows * dout);
         thin::linear(data(&x), rows, din, data(&w), dout, &mut y);
         flex(y, vec![rows, dout])
     }
@@ -560,13 +561,19 @@ impl FastOps for Flex {
     }
 }
 
-/// Zeroes `dy` where the ReLU output was not positive.
-fn relu_mask(dy: &mut [f32], y: &[f32]) {
-    for (g, &v) in dy.iter_mut().zip(y) {
-        if v <= 0.0 {
-            *g = 0.0;
-        }
-    }
+/// `dy`, zero where the ReLU's output `y` is not positive (a new buffer, written by the
+/// worker threads together like [`cpu::zeroed`]).
+fn relu_masked(dy: &[f32], y: &[f32]) -> Vec<f32> {
+    assert_eq!(dy.len(), y.len(), "relu mask: gradient and output lengths");
+    let mut g = cpu::zeroed(dy.len());
+    g.par_chunks_mut(1 << 14)
+        .zip(dy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
+        .for_each(|(g, (dy, y))| {
+            for ((g, &d), &v) in g.iter_mut().zip(dy).zip(y) {
+                *g = if v <= 0.0 { 0.0 } else { d };
+            }
+        });
+    g
 }
 
 #[derive(Clone, Debug)]
@@ -592,15 +599,11 @@ impl Backward<Flex, 3> for ConvBackward {
         let s = st.shape;
         let dy = contiguous_f32(grads.consume::<Flex>(&ops.node));
         let dy: std::borrow::Cow<'_, [f32]> = match &st.y {
-            Some(y) => {
-                let mut g = data(&dy).to_vec();
-                relu_mask(&mut g, data(y));
-                g.into()
-            }
+            Some(y) => relu_masked(data(&dy), data(y)).into(),
             None => data(&dy).into(),
         };
         if let Some(node) = node_x {
-            let mut dx = vec![0.0f32; s.b * s.cin * s.h * s.w];
+            let mut dx = cpu::zeroed(s.b * s.cin * s.h * s.w);
             match st.precision {
                 Precision::Fp32 => cpu::conv_input_grad(&dy, data(&st.weight), s, &mut dx),
                 Precision::Bf16 => bf16::conv_input_grad_bf16(&dy, data(&st.weight), s, &mut dx),
@@ -608,8 +611,8 @@ impl Backward<Flex, 3> for ConvBackward {
             grads.register::<Flex>(node.id, flex(dx, vec![s.b, s.cin, s.h, s.w]));
         }
         if node_w.is_some() || node_b.is_some() {
-            let mut dw = vec![0.0f32; s.cout * s.cin * s.k * s.k];
-            let mut db = vec![0.0f32; s.cout];
+            let mut dw = cpu::zeroed(s.cout * s.cin * s.k * s.k);
+            let mut db = cpu::zeroed(s.cout);
             match st.precision {
                 Precision::Fp32 => {
                     cpu::conv_weight_grad(data(&st.x), &dy, s, &mut dw, Some(&mut db))
@@ -649,7 +652,7 @@ impl Backward<Flex, 3> for BnBackward {
         let st = ops.state;
         let (b, c, n) = bn_dims(&st.x);
         let dy = contiguous_f32(grads.consume::<Flex>(&ops.node));
-        let (mut dx, mut dg, mut db) = (vec![0.0f32; b * c * n], vec![0.0f32; c], vec![0.0f32; c]);
+        let (mut dx, mut dg, mut db) = (cpu::zeroed(b * c * n), cpu::zeroed(c), cpu::zeroed(c));
         let relu = st.y.is_some();
         let y = st.y.as_ref().map_or(&[][..], data);
         cpu::bn_train_backward(
@@ -698,7 +701,7 @@ impl Backward<Flex, 1> for PoolBackward {
         let dy = contiguous_f32(grads.consume::<Flex>(&ops.node));
         if let Some(node) = node_x {
             let [b, c, h, w] = ops.state.dims;
-            let mut dx = vec![0.0f32; b * c * h * w];
+            let mut dx = cpu::zeroed(b * c * h * w);
             cpu::maxpool2_backward(data(&dy), &ops.state.idx, b * c, h, w, &mut dx);
             grads.register::<Flex>(node.id, flex(dx, vec![b, c, h, w]));
         }
@@ -715,8 +718,8 @@ impl Backward<Flex, 2> for UpCatBackward {
         let [node_skip, node_x] = ops.parents;
         let dy = contiguous_f32(grads.consume::<Flex>(&ops.node));
         let d @ (b, cs, cx, h, w) = ops.state;
-        let mut dskip = node_skip.as_ref().map(|_| vec![0.0f32; b * cs * 4 * h * w]);
-        let mut dx = node_x.as_ref().map(|_| vec![0.0f32; b * cx * h * w]);
+        let mut dskip = node_skip.as_ref().map(|_| cpu::zeroed(b * cs * 4 * h * w));
+        let mut dx = node_x.as_ref().map(|_| cpu::zeroed(b * cx * h * w));
         cpu::upcat_backward(data(&dy), d, dskip.as_deref_mut(), dx.as_deref_mut());
         if let (Some(node), Some(g)) = (node_skip, dskip) {
             grads.register::<Flex>(node.id, flex(g, vec![b, cs, 2 * h, 2 * w]));
@@ -747,8 +750,8 @@ impl Backward<Flex, 7> for PlamBackward {
         let st = ops.state;
         let sh = st.shape;
         let c = sh.c;
-        let mut ds = vec![0.0f32; sh.b * c * sh.hw];
-        let mut dw2 = vec![0.0f32; 2 * c * c];
+        let mut ds = cpu::zeroed(sh.b * c * sh.hw);
+        let mut dw2 = cpu::zeroed(2 * c * c);
         let g = plam::plam_backward(
             data(&dy),
             data(&st.s),
@@ -797,7 +800,7 @@ impl Backward<Flex, 2> for LinearBackward {
         let dout = w.shape().dims::<2>()[0];
         let (dyd, xd, wd) = (data(&dy), data(&x), data(&w));
         if let Some(node) = node_x {
-            let mut dx = vec![0.0f32; rows * din];
+            let mut dx = cpu::zeroed(rows * din);
             bf16::matmul_bf16(
                 (rows, din, dout),
                 bf16::Mat {
@@ -815,7 +818,7 @@ impl Backward<Flex, 2> for LinearBackward {
             grads.register::<Flex>(node.id, flex(dx, vec![rows, din]));
         }
         if let Some(node) = node_w {
-            let mut dw = vec![0.0f32; dout * din];
+            let mut dw = cpu::zeroed(dout * din);
             bf16::matmul_bf16(
                 (dout, din, rows),
                 bf16::Mat {

@@ -76,6 +76,9 @@ pub(crate) trait Simd: Copy {
     /// `a · b + c`, fused where the instruction set has FMA.
     unsafe fn madd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    /// The sum of the `L` lanes, as a tree of pairwise sums (not one long chain of additions:
+    /// a dot product's reduction then costs a few instructions, not `L` dependent ones).
+    unsafe fn hsum(v: Self::V) -> f32;
     /// Copies the `L×L` block of `L` rows of `L` floats at `src` (row stride `src_rs`) to `dst`
     /// transposed (row stride `dst_rs`).
     unsafe fn transpose(src: *const f32, src_rs: usize, dst: *mut f32, dst_rs: usize) {
@@ -124,6 +127,10 @@ impl Simd for Avx512 {
     #[inline(always)]
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
         unsafe { std::arch::x86_64::_mm512_max_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: Self::V) -> f32 {
+        unsafe { std::arch::x86_64::_mm512_reduce_add_ps(v) }
     }
     /// Three rounds of interleaves (32-bit, 64-bit, then 128-bit lanes twice).
     #[inline(always)]
@@ -204,6 +211,16 @@ impl Simd for Avx2 {
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
         unsafe { std::arch::x86_64::_mm256_max_ps(a, b) }
     }
+    /// Halves added three times: 256 → 128 → 64 → 32 bits.
+    #[inline(always)]
+    unsafe fn hsum(v: Self::V) -> f32 {
+        use std::arch::x86_64::*;
+        unsafe {
+            let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+            _mm_cvtss_f32(_mm_add_ss(d, _mm_movehdup_ps(d)))
+        }
+    }
     /// Interleaves (32-bit, then 64-bit), then 128-bit halves.
     #[inline(always)]
     unsafe fn transpose(src: *const f32, src_rs: usize, dst: *mut f32, dst_rs: usize) {
@@ -272,5 +289,10 @@ impl Simd for Portable {
     #[inline(always)]
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
         std::array::from_fn(|l| a[l].max(b[l]))
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: Self::V) -> f32 {
+        let q: [f32; 4] = std::array::from_fn(|l| v[l] + v[l + 4]);
+        (q[0] + q[2]) + (q[1] + q[3])
     }
 }

@@ -157,11 +157,9 @@ unsafe fn block<S: Simd, const R: usize, const JB: usize>(
             }
             k += S::L;
         }
-        let mut lanes = [0.0f32; 16];
         for r in 0..R {
             for q in 0..JB {
-                S::store(lanes.as_mut_ptr(), acc[r][q]);
-                let mut sum: f32 = lanes[..S::L].iter().sum();
+                let mut sum = S::hsum(acc[r][q]);
                 for k in full..din {
                     sum += *xp.add(r * din + k) * *wp.add(q * din + k);
                 }

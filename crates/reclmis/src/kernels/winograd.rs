@@ -186,50 +186,100 @@ fn filter_taps() -> &'static [Vec<(usize, f32)>; XI] {
     })
 }
 
-fn pack_filters(w: &[f32], scale: Option<&[f32]>, s: &ConvShape, p: usize) -> Filters {
+/// Input channels per task of [`pack_filters`]: a task's block of scaled weights
+/// (`PACK_CI·9·P` floats, 36 KiB with AVX-512) stays in L1 while its 36 rows are formed.
+const PACK_CI: usize = 16;
+
+/// The filter transform of every output channel, `U = G (scale·g) Gᵀ`, packed as [`Filters`].
+/// Tasks are (panel, block of input channels) pairs, so that a layer with a single panel (64
+/// output channels) is spread over the threads too.
+fn pack_filters<S: Simd>(w: &[f32], scale: Option<&[f32]>, s: &ConvShape, p: usize) -> Filters {
     let panels = s.cout.div_ceil(p);
     let n = s.cin * p;
     let mut u = PACKED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
     resize(&mut u, panels * XI * n);
     let taps = filter_taps();
-    u[..panels * XI * n]
-        .par_chunks_mut(XI * n)
-        .enumerate()
-        .for_each(|(panel, dst)| {
-            with_scratch(|scratch| {
-                // gt[k][ci][l] = scale[co]·w[co][ci][k] for co = panel·P + l (zero past cout).
-                resize(&mut scratch.gt, 9 * n);
-                let gt = &mut scratch.gt[..9 * n];
-                gt.fill(0.0);
-                for l in 0..p.min(s.cout - panel * p) {
-                    let co = panel * p + l;
-                    let sc = scale.map_or(1.0, |sc| sc[co]);
-                    for ci in 0..s.cin {
-                        for (k, &g) in w[(co * s.cin + ci) * 9..][..9].iter().enumerate() {
-                            gt[(k * s.cin + ci) * p + l] = g * sc;
-                        }
-                    }
+    let blocks = s.cin.div_ceil(PACK_CI);
+    let u_ptr = SyncPtr(u.as_mut_ptr());
+    (0..panels * blocks).into_par_iter().for_each(|job| {
+        let (panel, ci0) = (job / blocks, job % blocks * PACK_CI);
+        let cis = PACK_CI.min(s.cin - ci0);
+        with_scratch(|scratch| {
+            // gt[ci][k][l] = scale[co]·w[co][ci0 + ci][k] for co = panel·P + l (zero past cout):
+            // row `ci·9 + k` of the block, as `w` stores (ci, k) of one output channel.
+            resize(&mut scratch.gt, cis * 9 * p);
+            let gt = &mut scratch.gt[..cis * 9 * p];
+            gt.fill(0.0);
+            for l in 0..p.min(s.cout - panel * p) {
+                let co = panel * p + l;
+                let sc = scale.map_or(1.0, |sc| sc[co]);
+                for (i, &g) in w[(co * s.cin + ci0) * 9..][..cis * 9].iter().enumerate() {
+                    gt[i * p + l] = g * sc;
                 }
-                for (xi, taps) in taps.iter().enumerate() {
-                    let out = &mut dst[xi * n..][..n];
-                    let (&(k0, c0), rest) = taps.split_first().expect("every row has a tap");
-                    out.iter_mut()
-                        .zip(&gt[k0 * n..][..n])
-                        .for_each(|(o, &g)| *o = c0 * g);
-                    for &(k, c) in rest {
-                        out.iter_mut()
-                            .zip(&gt[k * n..][..n])
-                            .for_each(|(o, &g)| *o += c * g);
-                    }
-                }
-            })
-        });
+            }
+            for (xi, taps) in taps.iter().enumerate() {
+                // SAFETY: this job alone writes channels `ci0 .. ci0 + cis` of panel `panel`
+                // (for every ξ), a run of `cis·P` floats inside `u`'s `panels·36·n`.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        u_ptr.at((panel * XI + xi) * n + ci0 * p),
+                        cis * p,
+                    )
+                };
+                // SAFETY: `S` is the instruction set the caller detected.
+                unsafe { transform_filters::<S>(taps, gt, p, dst) };
+            }
+        })
+    });
     Filters {
         u,
         p,
         panels,
         cin: s.cin,
     }
+}
+
+/// One ξ of the filter transform for a block of input channels:
+/// `dst[ci][l] = Σ_taps c·gt[ci][k][l]`, a product then a sum per tap in the taps' order (the
+/// same rounding on every instruction set). Compiled for `S`'s instruction set, so that the
+/// loops over `l` use its vector width.
+///
+/// # Safety
+/// The CPU must have `S`'s instruction set.
+unsafe fn transform_filters<S: Simd>(taps: &[(usize, f32)], gt: &[f32], p: usize, dst: &mut [f32]) {
+    #[inline(always)]
+    fn rows(taps: &[(usize, f32)], gt: &[f32], p: usize, dst: &mut [f32]) {
+        let (&(k0, c0), rest) = taps.split_first().expect("every row has a tap");
+        for (out, src) in dst.chunks_exact_mut(p).zip(gt.chunks_exact(9 * p)) {
+            out.iter_mut()
+                .zip(&src[k0 * p..][..p])
+                .for_each(|(o, &g)| *o = c0 * g);
+            for &(k, c) in rest {
+                out.iter_mut()
+                    .zip(&src[k * p..][..p])
+                    .for_each(|(o, &g)| *o += c * g);
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(taps: &[(usize, f32)], gt: &[f32], p: usize, dst: &mut [f32]) {
+            rows(taps, gt, p, dst)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(taps: &[(usize, f32)], gt: &[f32], p: usize, dst: &mut [f32]) {
+            rows(taps, gt, p, dst)
+        }
+        match S::ISA {
+            // SAFETY: the caller's contract.
+            Isa::Avx512 => return unsafe { avx512(taps, gt, p, dst) },
+            // SAFETY: the caller's contract.
+            Isa::Avx2 => return unsafe { avx2(taps, gt, p, dst) },
+            Isa::Portable => {}
+        }
+    }
+    rows(taps, gt, p, dst)
 }
 
 impl Drop for Filters {
@@ -282,7 +332,7 @@ fn run<S: Simd, const NV: usize>(call: &Call, out: &mut [f32]) {
         s,
         relu,
     } = call;
-    let f = pack_filters(w, scale, &s, S::L * NV);
+    let f = pack_filters::<S>(w, scale, &s, S::L * NV);
     let th = s.h.div_ceil(TILE);
     let rows = band_rows(&s, rayon::current_num_threads().max(1));
     let bands_per_img = th.div_ceil(rows);
