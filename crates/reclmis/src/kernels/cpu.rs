@@ -70,8 +70,13 @@ impl ConvShape {
 
     /// Asserts an odd kernel and the buffer lengths of a forward pass.
     pub(crate) fn check_forward(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &[f32]) {
-        self.check();
         assert_eq!(x.len(), self.b * self.cin * self.hw(), "conv input length");
+        self.check_operands(w, bias, out);
+    }
+
+    /// As [`ConvShape::check_forward`], without the input (for inputs composed of parts).
+    pub(crate) fn check_operands(&self, w: &[f32], bias: Option<&[f32]>, out: &[f32]) {
+        self.check();
         assert_eq!(w.len(), self.cout * self.kk(), "conv weight length");
         assert_eq!(
             out.len(),

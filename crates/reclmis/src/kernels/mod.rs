@@ -205,6 +205,25 @@ pub trait FastOps: burn::backend::Backend {
         l2w: FloatTensor<Self>,
         l2b: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+
+    /// A decoder block's first convolution, `fast_conv_scaled(fast_upcat(fast_plam(skip, …),
+    /// x), weight, bias, scale, relu)`, where possible without writing the gated skip or the
+    /// concatenation ([`winograd::conv_forward_upcat`]); the arguments are those of the three.
+    #[allow(clippy::too_many_arguments)]
+    fn fast_upcat_conv_scaled(
+        skip: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        w_avg: FloatTensor<Self>,
+        w_max: FloatTensor<Self>,
+        l0w: FloatTensor<Self>,
+        l0b: FloatTensor<Self>,
+        l2w: FloatTensor<Self>,
+        l2b: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self>;
 }
 
 /// PLAM's parameters, in the order of the autodiff parents after the input.
@@ -385,7 +404,7 @@ fn plam_forward(
     let sh = plam::PlamShape { b, c, hw: h * w };
     let w2 = [data(&p.w_avg), data(&p.w_max)].concat();
     let mut y = cpu::zeroed(b * c * h * w);
-    let saved = plam::plam_forward(data(s), &w2, plam_mlp(p), sh, &mut y);
+    let saved = plam::plam_forward(data(s), &w2, plam_mlp(p), sh, Some(&mut y));
     (flex(y, vec![b, c, h, w]), w2, sh, saved)
 }
 
@@ -516,6 +535,65 @@ impl FastOps for Flex {
 
     fn fast_upcat(skip: FlexTensor, x: FlexTensor) -> FlexTensor {
         upcat_forward(&contiguous_f32(skip), &contiguous_f32(x)).0
+    }
+
+    fn fast_upcat_conv_scaled(
+        skip: FlexTensor,
+        x: FlexTensor,
+        w_avg: FlexTensor,
+        w_max: FlexTensor,
+        l0w: FlexTensor,
+        l0b: FlexTensor,
+        l2w: FlexTensor,
+        l2b: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        scale: FlexTensor,
+        relu: bool,
+    ) -> FlexTensor {
+        let (skip, x) = (contiguous_f32(skip), contiguous_f32(x));
+        let p = PlamParams {
+            w_avg,
+            w_max,
+            l0w,
+            l0b,
+            l2w,
+            l2b,
+        }
+        .map(contiguous_f32);
+        let (weight, bias, scale) = (
+            contiguous_f32(weight),
+            contiguous_f32(bias),
+            contiguous_f32(scale),
+        );
+        let (b, cs, cx, h, w) = upcat_dims(&skip, &x);
+        let s = ConvShape::new(b, cs + cx, weight.shape()[0], 2 * h, 2 * w, 3);
+        let fused = precision() == Precision::Fp32
+            && weight.shape().dims::<4>() == [s.cout, s.cin, 3, 3]
+            && winograd::applies(&s);
+        if !fused {
+            let cat = upcat_forward(&plam_forward(&skip, &p).0, &x).0;
+            return conv_forward_scaled(&cat, &weight, &bias, Some(&scale), relu);
+        }
+        let w2 = [data(&p.w_avg), data(&p.w_max)].concat();
+        let sh = plam::PlamShape {
+            b,
+            c: cs,
+            hw: s.hw(),
+        };
+        let gate = plam::plam_forward(data(&skip), &w2, plam_mlp(&p), sh, None).z;
+        let mut out = cpu::zeroed(s.b * s.cout * s.hw());
+        winograd::conv_forward_upcat(
+            (data(&skip), &gate, data(&x)),
+            cs,
+            data(&weight),
+            Some(data(&bias)),
+            Some(data(&scale)),
+            s,
+            relu,
+            &mut out,
+        );
+        flex(out, vec![s.b, s.cout, s.h, s.w])
     }
 
     fn fast_conv(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, relu: bool) -> FlexTensor {
@@ -983,6 +1061,25 @@ impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
         }
     }
 
+    /// The three tracked ops in turn, so gradients flow as without the fusion.
+    fn fast_upcat_conv_scaled(
+        skip: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        w_avg: FloatTensor<Self>,
+        w_max: FloatTensor<Self>,
+        l0w: FloatTensor<Self>,
+        l0b: FloatTensor<Self>,
+        l2w: FloatTensor<Self>,
+        l2b: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let sa = Self::fast_plam(skip, w_avg, w_max, l0w, l0b, l2w, l2b);
+        Self::fast_conv_scaled(Self::fast_upcat(sa, x), weight, bias, scale, relu)
+    }
+
     fn fast_conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -1152,6 +1249,37 @@ pub fn plam(
         l2w.into_dispatch(),
         l2b.into_dispatch(),
     ))
+}
+
+/// A decoder block's first convolution (inference): `conv_scaled(upsample_cat(plam(skip, …), x),
+/// weight, bias, scale, relu)`, without writing the two intermediate tensors where the Winograd
+/// kernel runs it ([`FastOps::fast_upcat_conv_scaled`]).
+#[allow(clippy::too_many_arguments)]
+pub fn upcat_conv_scaled(
+    skip: Tensor<4>,
+    x: Tensor<4>,
+    [w_avg, w_max]: [Tensor<4>; 2],
+    (l0w, l0b): (Tensor<2>, Tensor<1>),
+    (l2w, l2b): (Tensor<2>, Tensor<1>),
+    (weight, bias, scale): (Tensor<4>, Tensor<1>, Tensor<1>),
+    relu: bool,
+) -> Tensor<4> {
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as FastOps>::fast_upcat_conv_scaled(
+            skip.into_dispatch(),
+            x.into_dispatch(),
+            w_avg.into_dispatch(),
+            w_max.into_dispatch(),
+            l0w.into_dispatch(),
+            l0b.into_dispatch(),
+            l2w.into_dispatch(),
+            l2b.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            scale.into_dispatch(),
+            relu,
+        ),
+    )
 }
 
 /// Training BatchNorm (+ ReLU) through our kernels: the output and the `[2, C]` batch statistics

@@ -148,11 +148,20 @@ fn for_shares<R: Send>(n_tiles: usize, work: impl Fn(Range<usize>) -> R + Sync +
         .collect()
 }
 
-/// Forward pass. `w2 = [Wa; Wm]` is `[2C, C]`; writes `y: [B, C, H, W]` and returns [`Saved`].
-pub fn plam_forward(s: &[f32], w2: &[f32], mlp: Mlp, sh: PlamShape, y: &mut [f32]) -> Saved {
+/// Forward pass. `w2 = [Wa; Wm]` is `[2C, C]`; writes `y = s ⊙ z: [B, C, H, W]` where given
+/// and returns [`Saved`] (whose `z` is the gate, for a consumer that applies it itself).
+pub fn plam_forward(
+    s: &[f32],
+    w2: &[f32],
+    mlp: Mlp,
+    sh: PlamShape,
+    mut y: Option<&mut [f32]>,
+) -> Saved {
     sh.check(s, w2);
     mlp.check();
-    assert_eq!(y.len(), s.len(), "PLAM output length");
+    if let Some(y) = &y {
+        assert_eq!(y.len(), s.len(), "PLAM output length");
+    }
     let n = sh.b * sh.hw;
     let mut saved = Saved {
         a: vec![0.0; n],
@@ -165,7 +174,7 @@ pub fn plam_forward(s: &[f32], w2: &[f32], mlp: Mlp, sh: PlamShape, y: &mut [f32
     }
     let c = sh.c;
     let tiles = sh.tiles();
-    let y_ptr = SyncPtr(y.as_mut_ptr());
+    let y_ptr = y.as_mut().map(|y| SyncPtr(y.as_mut_ptr()));
     let ptrs = (
         SyncPtr(saved.a.as_mut_ptr()),
         SyncPtr(saved.m.as_mut_ptr()),
@@ -216,6 +225,7 @@ pub fn plam_forward(s: &[f32], w2: &[f32], mlp: Mlp, sh: PlamShape, y: &mut [f32
                 let z = mlp.gate(&mlp.hidden(a, m[p]));
                 (sa[p], sm[p], sz[p], si[p]) = (a, m[p], z, idx[p]);
             }
+            let Some(y_ptr) = y_ptr else { continue };
             for ch in 0..c {
                 let src = &s_img[ch * sh.hw + pix.start..][..np];
                 // SAFETY: as above; row `ch` of this tile's block of `y`.

@@ -288,3 +288,36 @@ fn bf16_linear_matches_f32_on_bf16_inputs_forward_and_gradients() {
         }
     }
 }
+
+/// A decoder block at inference gives what PLAM, the upsampling concatenation and its folded
+/// first convolution give one after another: on the plain CPU backend (where the Winograd
+/// kernel reads the three sources itself, and where it does not apply) and on the autodiff one.
+#[test]
+fn the_fused_decoder_convolution_matches_its_three_steps() {
+    use crate::model::decoder::UpBlock;
+    use burn::module::Module;
+    for (i, &(b, cs, cx, h)) in [(2, 16, 16, 24), (1, 5, 3, 6)].iter().enumerate() {
+        let mut init = Init::new(90 + i as u64, &Device::flex());
+        let mut block = UpBlock::new(cs, cx, 20, &mut init);
+        block.n_convs[0].norm.running_var =
+            burn::module::RunningState::new(random(&mut init, [20]).abs().add_scalar(0.2));
+        let skip = random(&mut init, [b, cs, 2 * h, 2 * h]);
+        let x = random(&mut init, [b, cx, h, h]);
+        let steps = {
+            let sa = block.pix_module.forward(skip.clone());
+            let (w, bias, scale) = block.n_convs[0].folded(&skip.device());
+            let y = conv_scaled(upsample_cat(sa, x.clone()), w, bias, scale, true);
+            block.n_convs[1].forward(y, false)
+        };
+        let fused = block.forward(x.clone(), skip.clone(), false);
+        // The same float operations in the same order: equal to the bit.
+        assert_eq!(host(&fused), host(&steps), "{b}×{cs}+{cx} at {h}");
+        let on_autodiff = block.clone().to_device(&device()).forward(
+            x.to_device(&device()),
+            skip.to_device(&device()),
+            false,
+        );
+        let e = rel_err(&host(&on_autodiff), &host(&steps));
+        assert!(e <= 1e-6, "autodiff {b}×{cs}+{cx} at {h}: rel err {e:.2e}");
+    }
+}

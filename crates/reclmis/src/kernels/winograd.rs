@@ -94,7 +94,7 @@ pub fn conv_forward(
         return;
     }
     let call = Call {
-        x,
+        x: Input::Plain(x),
         w,
         bias,
         scale,
@@ -104,9 +104,106 @@ pub fn conv_forward(
     forward_with(isa(), &call, out);
 }
 
+/// [`conv_forward`] over the decoder's `cat([skip ⊙ gate, upsample_nearest2(low)], 1)` without
+/// writing that tensor: each band reads its input rows straight from the three sources.
+///
+/// `skip: [b, cs, h, w]`, `gate: [b, h, w]` (one factor per pixel, PLAM's), `low: [b, cin − cs,
+/// h/2, w/2]`; `s` is the shape of the convolution over the concatenation (`h`, `w` even). The
+/// result is bit for bit that of [`conv_forward`] on the materialised concatenation.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_forward_upcat(
+    (skip, gate, low): (&[f32], &[f32], &[f32]),
+    cs: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    scale: Option<&[f32]>,
+    s: ConvShape,
+    relu: bool,
+    out: &mut [f32],
+) {
+    assert_eq!(s.k, 3, "winograd: 3×3 kernels only");
+    assert!(
+        cs <= s.cin && s.h.is_multiple_of(2) && s.w.is_multiple_of(2),
+        "winograd upcat: {cs} skip channels of {s:?}"
+    );
+    let hw = s.hw();
+    assert_eq!(skip.len(), s.b * cs * hw, "winograd upcat: skip length");
+    assert_eq!(gate.len(), s.b * hw, "winograd upcat: gate length");
+    assert_eq!(
+        low.len(),
+        s.b * (s.cin - cs) * hw / 4,
+        "winograd upcat: low length"
+    );
+    s.check_operands(w, bias, out);
+    if let Some(sc) = scale {
+        assert_eq!(
+            sc.len(),
+            s.cout,
+            "winograd: scale has {} channels",
+            sc.len()
+        );
+    }
+    if out.is_empty() {
+        return;
+    }
+    let call = Call {
+        x: Input::UpCat {
+            skip,
+            gate,
+            low,
+            cs,
+        },
+        w,
+        bias,
+        scale,
+        s,
+        relu,
+    };
+    forward_with(isa(), &call, out);
+}
+
+/// Where a convolution's input channels come from.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    /// `[b, cin, h, w]`.
+    Plain(&'a [f32]),
+    /// Channels `..cs` are `skip ⊙ gate`, the rest `low` upsampled ×2 (see
+    /// [`conv_forward_upcat`]).
+    UpCat {
+        skip: &'a [f32],
+        gate: &'a [f32],
+        low: &'a [f32],
+        cs: usize,
+    },
+}
+
+impl<'a> Input<'a> {
+    /// The sources of image `img`.
+    fn image(self, img: usize, s: &ConvShape) -> Self {
+        let hw = s.hw();
+        match self {
+            Input::Plain(x) => Input::Plain(&x[img * s.cin * hw..][..s.cin * hw]),
+            Input::UpCat {
+                skip,
+                gate,
+                low,
+                cs,
+            } => {
+                let lo = (s.cin - cs) * hw / 4;
+                Input::UpCat {
+                    skip: &skip[img * cs * hw..][..cs * hw],
+                    gate: &gate[img * hw..][..hw],
+                    low: &low[img * lo..][..lo],
+                    cs,
+                }
+            }
+        }
+    }
+}
+
 /// One convolution's operands (see [`conv_forward`]).
 struct Call<'a> {
-    x: &'a [f32],
+    x: Input<'a>,
     w: &'a [f32],
     bias: Option<&'a [f32]>,
     scale: Option<&'a [f32]>,
@@ -311,6 +408,8 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
 #[derive(Default)]
 struct Scratch {
     gt: Vec<f32>,
+    /// One row of a block of channels of a composed input ([`Input::UpCat`]).
+    row: Vec<f32>,
     xt: Vec<f32>,
     v: Vec<f32>,
     m: Vec<f32>,
@@ -343,7 +442,7 @@ fn run<S: Simd, const NV: usize>(call: &Call, out: &mut [f32]) {
         with_scratch(|scratch| {
             let (img, band) = (job / bands_per_img, job % bands_per_img);
             let ty = band * rows..((band + 1) * rows).min(th);
-            let x_img = &x[img * s.cin * s.hw()..][..s.cin * s.hw()];
+            let x_img = x.image(img, &s);
             // SAFETY: bands are disjoint tile rows of distinct images, so this job alone writes
             // output rows `4·ty.start .. 4·ty.end` of image `img`, which lie inside `out`.
             let out_img = unsafe { SyncPtr(out_ptr.at(img * s.cout * s.hw())) };
@@ -377,7 +476,8 @@ fn band_rows(s: &ConvShape, threads: usize) -> usize {
 
 /// One job: the tile rows `ty` of one image.
 struct Band<'a> {
-    x: &'a [f32],
+    /// One image's input.
+    x: Input<'a>,
     s: &'a ConvShape,
     ty: std::ops::Range<usize>,
     f: &'a Filters,
@@ -505,16 +605,44 @@ unsafe fn unit<S: Simd, const NV: usize>(band: &Band, scratch: &mut Scratch) {
         let row = &mut xt[r * cols_n * cin_p..][..cols_n * cin_p];
         for cb in (0..s.cin).step_by(l_) {
             let nl = l_.min(s.cin - cb);
+            // Row y of channels cb..cb+nl: `src[l·rs + c]`.
+            let (src, rs): (&[f32], usize) = match x {
+                Input::Plain(x) => (&x[cb * hw + y * w..], hw),
+                Input::UpCat {
+                    skip,
+                    gate,
+                    low,
+                    cs,
+                } => {
+                    resize(&mut scratch.row, l_ * w);
+                    for (l, dst) in scratch.row.chunks_exact_mut(w).take(nl).enumerate() {
+                        let ch = cb + l;
+                        if ch < cs {
+                            let (sk, g) = (&skip[ch * hw + y * w..][..w], &gate[y * w..][..w]);
+                            for ((d, &v), &z) in dst.iter_mut().zip(sk).zip(g) {
+                                *d = v * z;
+                            }
+                        } else {
+                            let lw = w / 2;
+                            let lo = &low[((ch - cs) * (h / 2) + y / 2) * lw..][..lw];
+                            for (pair, &v) in dst.chunks_exact_mut(2).zip(lo) {
+                                pair.fill(v);
+                            }
+                        }
+                    }
+                    (&scratch.row[..], w)
+                }
+            };
             let mut c = 0;
             if nl == l_ {
                 while c + l_ <= w {
-                    // SAFETY: channels cb..cb+L of pixels (y, c..c+L) lie in `x`, and pixels
-                    // c+1..c+L+1 of channel block cb in `row` (cols_n ≥ w + 2, cb + L ≤ cin_p);
-                    // the instruction set is the caller's contract.
+                    // SAFETY: rows 0..L of `src` (stride `rs`) hold pixels c..c+L, and pixels
+                    // c+1..c+L+1 of channel block cb lie in `row` (cols_n ≥ w + 2, cb + L ≤
+                    // cin_p); the instruction set is the caller's contract.
                     unsafe {
                         S::transpose(
-                            x[cb * hw + y * w + c..].as_ptr(),
-                            hw,
+                            src[c..].as_ptr(),
+                            rs,
                             row[(c + 1) * cin_p + cb..].as_mut_ptr(),
                             cin_p,
                         );
@@ -525,7 +653,7 @@ unsafe fn unit<S: Simd, const NV: usize>(band: &Band, scratch: &mut Scratch) {
             for c in c..w {
                 let dst = &mut row[(c + 1) * cin_p + cb..][..nl];
                 for (l, d) in dst.iter_mut().enumerate() {
-                    *d = x[(cb + l) * hw + y * w + c];
+                    *d = src[l * rs + c];
                 }
             }
         }

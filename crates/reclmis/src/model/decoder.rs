@@ -81,6 +81,22 @@ impl UpBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>, skip: Tensor<4>, train: bool) -> Tensor<4> {
+        if !train && kernels::enabled(&x.device()) {
+            // Inference: PLAM's gate, the upsampling and the concatenation are read by the
+            // first convolution's kernel instead of being written out.
+            let p = &self.pix_module;
+            let (l0, l2) = (&p.bottleneck.layer0, &p.bottleneck.layer2);
+            let y = kernels::upcat_conv_scaled(
+                skip,
+                x.clone(),
+                [p.conv_avg.weight.val(), p.conv_max.weight.val()],
+                (l0.weight.val(), l0.bias.val()),
+                (l2.weight.val(), l2.bias.val()),
+                self.n_convs[0].folded(&x.device()),
+                true,
+            );
+            return forward_convs(&self.n_convs[1..], y, false);
+        }
         let sa = self.pix_module.forward(skip);
         let cat = if kernels::enabled(&x.device()) {
             kernels::upsample_cat(sa, x)

@@ -1,10 +1,10 @@
 //! LViT's CNN encoder (docs §1.2).
 
 use burn::module::Module;
-use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
+use burn::tensor::{Device, Tensor};
 
 use super::init::Init;
 use super::nn::{BatchNorm, Conv2d};
@@ -34,13 +34,20 @@ impl ConvBatchNorm {
         }
         // Inference: the BatchNorm folded into the convolution (its scale applied by the
         // kernel, so the weights are not rescaled on every call), the ReLU in its epilogue.
+        let (weight, bias, scale) = self.folded(&x.device());
+        kernels::conv_scaled(x, weight, bias, scale, true)
+    }
+
+    /// The inference block as `(weight, bias, scale)` of one convolution whose output channel
+    /// `c` is `scale[c]·(weight ⋆ x)[c] + bias[c]` (see `BatchNorm::fold_scale`).
+    pub fn folded(&self, device: &Device) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
         let weight = self.conv.weight.val();
-        let (scale, b) = self.norm.fold_scale(
+        let (scale, bias) = self.norm.fold_scale(
             self.conv.bias.as_ref().map(|b| b.val()),
             weight.dims()[0],
-            &x.device(),
+            device,
         );
-        kernels::conv_scaled(x, weight, b, scale, true)
+        (weight, bias, scale)
     }
 }
 
