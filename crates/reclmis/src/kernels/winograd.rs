@@ -80,28 +80,9 @@ pub fn conv_forward(
     relu: bool,
     out: &mut [f32],
 ) {
-    assert_eq!(s.k, 3, "winograd: 3×3 kernels only");
     s.check_forward(x, w, bias, out);
-    if let Some(sc) = scale {
-        assert_eq!(
-            sc.len(),
-            s.cout,
-            "winograd: scale has {} channels",
-            sc.len()
-        );
-    }
-    if out.is_empty() {
-        return;
-    }
-    let call = Call {
-        x: Input::Plain(x),
-        w,
-        bias,
-        scale,
-        s,
-        relu,
-    };
-    forward_with(isa(), &call, out);
+    s.check_scale(scale);
+    forward_checked(Input::Plain(x), w, bias, scale, s, relu, out);
 }
 
 /// [`conv_forward`] over the decoder's `cat([skip ⊙ gate, upsample_nearest2(low)], 1)` without
@@ -121,7 +102,6 @@ pub fn conv_forward_upcat(
     relu: bool,
     out: &mut [f32],
 ) {
-    assert_eq!(s.k, 3, "winograd: 3×3 kernels only");
     assert!(
         cs <= s.cin && s.h.is_multiple_of(2) && s.w.is_multiple_of(2),
         "winograd upcat: {cs} skip channels of {s:?}"
@@ -135,24 +115,32 @@ pub fn conv_forward_upcat(
         "winograd upcat: low length"
     );
     s.check_operands(w, bias, out);
-    if let Some(sc) = scale {
-        assert_eq!(
-            sc.len(),
-            s.cout,
-            "winograd: scale has {} channels",
-            sc.len()
-        );
-    }
+    s.check_scale(scale);
+    let x = Input::UpCat {
+        skip,
+        gate,
+        low,
+        cs,
+    };
+    forward_checked(x, w, bias, scale, s, relu, out);
+}
+
+/// [`conv_forward`] on operands whose lengths the caller has checked.
+pub(crate) fn forward_checked(
+    x: Input,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    scale: Option<&[f32]>,
+    s: ConvShape,
+    relu: bool,
+    out: &mut [f32],
+) {
+    assert_eq!(s.k, 3, "winograd: 3×3 kernels only");
     if out.is_empty() {
         return;
     }
     let call = Call {
-        x: Input::UpCat {
-            skip,
-            gate,
-            low,
-            cs,
-        },
+        x,
         w,
         bias,
         scale,
@@ -164,7 +152,7 @@ pub fn conv_forward_upcat(
 
 /// Where a convolution's input channels come from.
 #[derive(Clone, Copy)]
-enum Input<'a> {
+pub(crate) enum Input<'a> {
     /// `[b, cin, h, w]`.
     Plain(&'a [f32]),
     /// Channels `..cs` are `skip ⊙ gate`, the rest `low` upsampled ×2 (see
