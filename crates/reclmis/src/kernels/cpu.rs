@@ -389,12 +389,10 @@ pub fn conv_forward_scaled(
 /// `w [rows, …]` with row `r` multiplied by `scale[r]`.
 pub(crate) fn scale_rows(w: &[f32], scale: &[f32]) -> Vec<f32> {
     let n = (w.len() / scale.len().max(1)).max(1);
-    let mut out = zeroed(w.len());
-    out.par_chunks_mut(n)
-        .zip(w.par_chunks(n))
-        .zip(scale)
-        .for_each(|((row, src), &c)| row.iter_mut().zip(src).for_each(|(v, &g)| *v = g * c));
-    out
+    w.par_iter()
+        .enumerate()
+        .map(|(i, &g)| g * scale[i / n])
+        .collect()
 }
 
 /// Output for a kernel with no inputs (`cin == 0`): just the bias.

@@ -400,12 +400,28 @@ fn plam_forward(
     s: &FlexTensor,
     p: &PlamParams<FlexTensor>,
 ) -> (FlexTensor, Vec<f32>, plam::PlamShape, plam::Saved) {
+    let dims = s.shape().as_slice().to_vec();
+    let mut y = cpu::zeroed(s.shape().num_elements());
+    let (w2, sh, saved) = plam_run(s, p, Some(&mut y));
+    (flex(y, dims), w2, sh, saved)
+}
+
+/// PLAM's per-pixel gate `z [B, H, W]` alone, for a consumer that applies it itself.
+fn plam_gate(s: &FlexTensor, p: &PlamParams<FlexTensor>) -> Vec<f32> {
+    plam_run(s, p, None).2.z
+}
+
+/// [`plam::plam_forward`] on `s [B, C, H, W]`, writing `y` where given.
+fn plam_run(
+    s: &FlexTensor,
+    p: &PlamParams<FlexTensor>,
+    y: Option<&mut [f32]>,
+) -> (Vec<f32>, plam::PlamShape, plam::Saved) {
     let [b, c, h, w] = s.shape().dims::<4>();
     let sh = plam::PlamShape { b, c, hw: h * w };
     let w2 = [data(&p.w_avg), data(&p.w_max)].concat();
-    let mut y = cpu::zeroed(b * c * h * w);
-    let saved = plam::plam_forward(data(s), &w2, plam_mlp(p), sh, Some(&mut y));
-    (flex(y, vec![b, c, h, w]), w2, sh, saved)
+    let saved = plam::plam_forward(data(s), &w2, plam_mlp(p), sh, y);
+    (w2, sh, saved)
 }
 
 fn plam_mlp(p: &PlamParams<FlexTensor>) -> plam::Mlp<'_> {
@@ -575,13 +591,7 @@ impl FastOps for Flex {
             let cat = upcat_forward(&plam_forward(&skip, &p).0, &x).0;
             return conv_forward_scaled(&cat, &weight, &bias, Some(&scale), relu);
         }
-        let w2 = [data(&p.w_avg), data(&p.w_max)].concat();
-        let sh = plam::PlamShape {
-            b,
-            c: cs,
-            hw: s.hw(),
-        };
-        let gate = plam::plam_forward(data(&skip), &w2, plam_mlp(&p), sh, None).z;
+        let gate = plam_gate(&skip, &p);
         let mut out = cpu::zeroed(s.b * s.cout * s.hw());
         winograd::conv_forward_upcat(
             (data(&skip), &gate, data(&x)),
@@ -639,19 +649,15 @@ impl FastOps for Flex {
     }
 }
 
-/// `dy`, zero where the ReLU's output `y` is not positive (a new buffer, written by the
-/// worker threads together like [`cpu::zeroed`]).
+/// `dy`, zero where the ReLU's output `y` is not positive: a new buffer, written by the worker
+/// threads (rayon collects an indexed iterator in place), so its pages are not first touched by
+/// the calling thread alone.
 fn relu_masked(dy: &[f32], y: &[f32]) -> Vec<f32> {
     assert_eq!(dy.len(), y.len(), "relu mask: gradient and output lengths");
-    let mut g = cpu::zeroed(dy.len());
-    g.par_chunks_mut(1 << 14)
-        .zip(dy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
-        .for_each(|(g, (dy, y))| {
-            for ((g, &d), &v) in g.iter_mut().zip(dy).zip(y) {
-                *g = if v <= 0.0 { 0.0 } else { d };
-            }
-        });
-    g
+    dy.par_iter()
+        .zip(y.par_iter())
+        .map(|(&d, &v)| if v <= 0.0 { 0.0 } else { d })
+        .collect()
 }
 
 #[derive(Clone, Debug)]
@@ -1231,15 +1237,19 @@ pub fn adam<const D: usize>(
     )
 }
 
+/// PLAM's weights as [`plam`] and [`upcat_conv_scaled`] take them: the 1×1 weights `[C, C, 1, 1]`
+/// of the mean and max paths, then the 3 → 6 → 1 MLP's `(weight, bias)` pairs.
+pub type PlamWeights = (
+    [Tensor<4>; 2],
+    (Tensor<2>, Tensor<1>),
+    (Tensor<2>, Tensor<1>),
+);
+
 /// The decoder's pixel-level attention through our fused kernel ([`plam`]): `s [B, C, H, W]`,
 /// the 1×1 weights `[C, C, 1, 1]` of its mean and max paths, and its MLP's `Linear` weights and
 /// biases (`[6, 3]`, `[6]`, `[1, 6]`, `[1]`).
-pub fn plam(
-    s: Tensor<4>,
-    [w_avg, w_max]: [Tensor<4>; 2],
-    (l0w, l0b): (Tensor<2>, Tensor<1>),
-    (l2w, l2b): (Tensor<2>, Tensor<1>),
-) -> Tensor<4> {
+pub fn plam(s: Tensor<4>, weights: PlamWeights) -> Tensor<4> {
+    let ([w_avg, w_max], (l0w, l0b), (l2w, l2b)) = weights;
     Tensor::from_dispatch(<burn::backend::Dispatch as FastOps>::fast_plam(
         s.into_dispatch(),
         w_avg.into_dispatch(),
@@ -1254,16 +1264,14 @@ pub fn plam(
 /// A decoder block's first convolution (inference): `conv_scaled(upsample_cat(plam(skip, …), x),
 /// weight, bias, scale, relu)`, without writing the two intermediate tensors where the Winograd
 /// kernel runs it ([`FastOps::fast_upcat_conv_scaled`]).
-#[allow(clippy::too_many_arguments)]
 pub fn upcat_conv_scaled(
     skip: Tensor<4>,
     x: Tensor<4>,
-    [w_avg, w_max]: [Tensor<4>; 2],
-    (l0w, l0b): (Tensor<2>, Tensor<1>),
-    (l2w, l2b): (Tensor<2>, Tensor<1>),
+    plam: PlamWeights,
     (weight, bias, scale): (Tensor<4>, Tensor<1>, Tensor<1>),
     relu: bool,
 ) -> Tensor<4> {
+    let ([w_avg, w_max], (l0w, l0b), (l2w, l2b)) = plam;
     Tensor::from_dispatch(
         <burn::backend::Dispatch as FastOps>::fast_upcat_conv_scaled(
             skip.into_dispatch(),

@@ -41,15 +41,19 @@ impl PixLevelModule {
     // s [B, C, H, W] -> z ⊙ s
     pub fn forward(&self, s: Tensor<4>) -> Tensor<4> {
         if kernels::enabled(&s.device()) {
-            let (l0, l2) = (&self.bottleneck.layer0, &self.bottleneck.layer2);
-            return kernels::plam(
-                s,
-                [self.conv_avg.weight.val(), self.conv_max.weight.val()],
-                (l0.weight.val(), l0.bias.val()),
-                (l2.weight.val(), l2.bias.val()),
-            );
+            return kernels::plam(s, self.weights());
         }
         self.forward_burn(s)
+    }
+
+    /// The weights as our kernels take them ([`kernels::PlamWeights`]).
+    pub fn weights(&self) -> kernels::PlamWeights {
+        let (l0, l2) = (&self.bottleneck.layer0, &self.bottleneck.layer2);
+        (
+            [self.conv_avg.weight.val(), self.conv_max.weight.val()],
+            (l0.weight.val(), l0.bias.val()),
+            (l2.weight.val(), l2.bias.val()),
+        )
     }
 
     /// The same with burn's ops: the path of other devices, and the kernels' reference.
@@ -81,24 +85,21 @@ impl UpBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>, skip: Tensor<4>, train: bool) -> Tensor<4> {
-        if !train && kernels::enabled(&x.device()) {
+        let device = x.device();
+        if !train && kernels::enabled(&device) {
             // Inference: PLAM's gate, the upsampling and the concatenation are read by the
             // first convolution's kernel instead of being written out.
-            let p = &self.pix_module;
-            let (l0, l2) = (&p.bottleneck.layer0, &p.bottleneck.layer2);
             let y = kernels::upcat_conv_scaled(
                 skip,
-                x.clone(),
-                [p.conv_avg.weight.val(), p.conv_max.weight.val()],
-                (l0.weight.val(), l0.bias.val()),
-                (l2.weight.val(), l2.bias.val()),
-                self.n_convs[0].folded(&x.device()),
+                x,
+                self.pix_module.weights(),
+                self.n_convs[0].folded(&device),
                 true,
             );
             return forward_convs(&self.n_convs[1..], y, false);
         }
         let sa = self.pix_module.forward(skip);
-        let cat = if kernels::enabled(&x.device()) {
+        let cat = if kernels::enabled(&device) {
             kernels::upsample_cat(sa, x)
         } else {
             Tensor::cat(vec![sa, upsample_nearest2(x)], 1)
