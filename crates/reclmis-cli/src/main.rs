@@ -190,6 +190,8 @@ struct ExportArgs {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: large freed buffers stay in the heap for the next step.
+    reclmis::kernels::heap::keep_freed_memory();
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         // SAFETY: nothing else runs yet (no thread has been started, rayon's pool is built

@@ -11,6 +11,7 @@
 pub mod amx;
 pub mod bf16;
 pub mod cpu;
+pub mod heap;
 pub mod plam;
 pub(crate) mod simd;
 pub mod thin;
