@@ -309,6 +309,9 @@ fn conv_forward_scaled(
             cpu::conv_forward_scaled(xd, wd, bd, data(sc), s, relu, &mut out);
         }
         (Precision::Bf16, None) => bf16::conv_forward_bf16(xd, wd, bd, s, relu, &mut out),
+        (Precision::Bf16, Some(sc)) if bf16::winograd_instead(&s) => {
+            cpu::conv_forward_scaled(xd, wd, bd, data(sc), s, relu, &mut out);
+        }
         (Precision::Bf16, Some(sc)) => {
             let ws = cpu::scale_rows(wd, data(sc));
             bf16::conv_forward_bf16(xd, &ws, bd, s, relu, &mut out);
@@ -585,9 +588,11 @@ impl FastOps for Flex {
         );
         let (b, cs, cx, h, w) = upcat_dims(&skip, &x);
         let s = ConvShape::new(b, cs + cx, weight.shape()[0], 2 * h, 2 * w, 3);
-        let fused = precision() == Precision::Fp32
-            && weight.shape().dims::<4>() == [s.cout, s.cin, 3, 3]
-            && winograd::applies(&s);
+        let winograd = match precision() {
+            Precision::Fp32 => winograd::applies(&s),
+            Precision::Bf16 => bf16::winograd_instead(&s),
+        };
+        let fused = winograd && weight.shape().dims::<4>() == [s.cout, s.cin, 3, 3];
         if !fused {
             let cat = upcat_forward(&plam_forward(&skip, &p).0, &x).0;
             return conv_forward_scaled(&cat, &weight, &bias, Some(&scale), relu);

@@ -119,3 +119,35 @@ fn conv_bf16_matches_f32_across_blocks_tilings_and_pools() {
     let tiny = ConvShape::new(3, 1, 2, 1, 5, 1);
     in_pools(|| [deep, wide, tiny].into_iter().for_each(assert_shape));
 }
+
+/// A 3×3 layer that Winograd takes (128 tiles of 4 × 4): without AMX tiles its forward pass and
+/// input gradient stay the f32 kernels in bf16 mode, bit for bit ([`winograd_instead`]); with
+/// AMX they run on the tiles with rounded operands. The weight gradient is bf16 wherever the
+/// CPU has AVX-512 BF16.
+#[test]
+fn bf16_mode_keeps_winograd_layers_f32_without_amx() {
+    let s = ConvShape::new(2, 16, 16, 32, 32, 3);
+    assert!(
+        crate::kernels::winograd::applies(&s) && crate::kernels::winograd::applies(&s.adjoint())
+    );
+    #[cfg(target_arch = "x86_64")]
+    let amx = crate::kernels::amx::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    let amx = false;
+    assert_eq!(winograd_instead(&s), !amx);
+    let raw = inputs(s);
+    let got = outputs(true, s, &raw);
+    let f32_raw = outputs(false, s, &raw);
+    for (i, name) in OUTPUTS.iter().enumerate().take(4) {
+        if amx && bf16_supported() {
+            let err = rel_err(&got[i], &f32_raw[i]);
+            assert!(err > 1e-5 && err <= 1e-2, "{name}: {err:e} vs f32 on AMX");
+        } else {
+            assert_eq!(got[i], f32_raw[i], "{name}: not the f32 Winograd kernel");
+        }
+    }
+    if bf16_supported() {
+        let err = rel_err(&got[4], &f32_raw[4]);
+        assert!(err > 1e-5 && err <= 1e-2, "dw: {err:e} vs f32");
+    }
+}
