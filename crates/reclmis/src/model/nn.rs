@@ -378,12 +378,27 @@ impl LayerNorm {
 }
 
 /// Inverted dropout; identity when `p == 0` or outside training.
+///
+/// With our CPU kernels the mask is drawn in parallel ([`kernels::cpu::dropout_mask`]) from a
+/// seed taken from the device's generator, so a seeded run stays reproducible; elsewhere it is
+/// burn's Bernoulli draw.
 pub fn dropout<const D: usize>(x: Tensor<D>, p: f64, train: bool) -> Tensor<D> {
     if !train || p <= 0.0 {
         return x;
     }
-    let keep = x.random_like(Distribution::Bernoulli(1.0 - p));
-    x * keep.div_scalar(1.0 - p)
+    let device = x.device();
+    if !kernels::enabled(&device) {
+        let keep = x.random_like(Distribution::Bernoulli(1.0 - p));
+        return x * keep.div_scalar(1.0 - p);
+    }
+    // 48 random bits from the device's generator (two uniform f32 with 24 each).
+    let seed = Tensor::<1>::random([2], Distribution::Default, &device)
+        .into_data()
+        .iter::<f32>()
+        .fold(0u64, |acc, u| (acc << 24) | (u * (1 << 24) as f32) as u64);
+    let shape = x.shape();
+    let mask = kernels::cpu::dropout_mask(shape.num_elements(), 1.0 - p, seed);
+    x * Tensor::from_data(TensorData::new(mask, shape), &device)
 }
 
 /// Multi-head attention with PyTorch's packed projection (`in_proj_weight [3D, D]`, rows q|k|v,

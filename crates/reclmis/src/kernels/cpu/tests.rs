@@ -234,3 +234,26 @@ fn bn_backward_matches_finite_differences() {
         assert!(errs.iter().all(|&e| e <= 1e-3), "relu={relu}: {errs:?}");
     }
 }
+
+/// The dropout mask holds `1 / keep` or 0, keeps `keep` of the values (within four standard
+/// deviations of a binomial draw), is the same for the same seed whatever the thread count, and
+/// another for another seed.
+#[test]
+fn dropout_mask_keeps_its_fraction_and_depends_on_the_seed_only() {
+    let (n, keep) = (200_001, 0.9);
+    let mask = dropout_mask(n, keep, 7);
+    let scale = (1.0 / keep) as f32;
+    assert_eq!(mask.len(), n);
+    assert!(mask.iter().all(|&v| v == 0.0 || v == scale));
+    let kept = mask.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
+    let sd = (keep * (1.0 - keep) / n as f64).sqrt();
+    assert!(
+        (kept - keep).abs() < 4.0 * sd,
+        "kept {kept} of the values, want {keep}"
+    );
+    let pools: std::sync::Mutex<Vec<Vec<f32>>> = Default::default();
+    in_pools(|| pools.lock().unwrap().push(dropout_mask(n, keep, 7)));
+    assert!(pools.into_inner().unwrap().iter().all(|m| *m == mask));
+    assert_ne!(dropout_mask(n, keep, 8), mask);
+    assert!(dropout_mask(1000, 1.0, 3).iter().all(|&v| v == 1.0));
+}
