@@ -167,11 +167,31 @@ pub(crate) fn filled<T: Copy + Send + Sync>(n: usize, value: T) -> Vec<T> {
     if n < 4 * FILL_CHUNK || rayon::current_num_threads() < 2 {
         return vec![value; n];
     }
+    par_from_chunks(n, FILL_CHUNK, |_, len| std::iter::repeat_n(value, len))
+}
+
+/// A vector of `n` values made chunk by chunk on the worker threads, so that (as in [`filled`])
+/// its pages are first touched by all of them: chunk `i` holds `chunk` values (the last one
+/// fewer) and is `items(i, len)`, which must yield exactly `len` values.
+pub(crate) fn par_from_chunks<T: Send, I: Iterator<Item = T>>(
+    n: usize,
+    chunk: usize,
+    items: impl Fn(usize, usize) -> I + Sync,
+) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
     v.spare_capacity_mut()[..n]
-        .par_chunks_mut(FILL_CHUNK)
-        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(value)));
-    // SAFETY: the first `n` elements (the capacity is at least `n`) were all written above.
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let (len, mut written) = (dst.len(), 0);
+            for (d, x) in dst.iter_mut().zip(items(i, len)) {
+                d.write(x);
+                written += 1;
+            }
+            assert_eq!(written, len, "chunk {i} of {n} values was not filled");
+        });
+    // SAFETY: each chunk of the first `n` elements (the capacity is at least `n`) was written in
+    // full, or the assertion above panicked before this point.
     unsafe { v.set_len(n) };
     v
 }
@@ -200,23 +220,17 @@ pub fn dropout_mask(n: usize, keep: f64, seed: u64) -> Vec<f32> {
     );
     let threshold = (keep * 4_294_967_296.0).round() as u64;
     let scale = (1.0 / keep) as f32;
-    let mut v = Vec::with_capacity(n);
-    v.spare_capacity_mut()[..n]
-        .par_chunks_mut(MASK_BLOCK)
-        .enumerate()
-        .for_each(|(i, block)| {
-            let mut rng = crate::rng::SplitMix64::stream(seed, i as u64, PURPOSE);
-            for pair in block.chunks_mut(2) {
-                let r = rng.next_u64();
-                for (j, out) in pair.iter_mut().enumerate() {
-                    let u = (r >> (32 * j)) & 0xFFFF_FFFF;
-                    out.write(if u < threshold { scale } else { 0.0 });
-                }
+    par_from_chunks(n, MASK_BLOCK, |i, len| {
+        let mut rng = crate::rng::SplitMix64::stream(seed, i as u64, PURPOSE);
+        let mut r = 0;
+        (0..len).map(move |j| {
+            if j % 2 == 0 {
+                r = rng.next_u64();
             }
-        });
-    // SAFETY: the first `n` elements (the capacity is at least `n`) were all written above.
-    unsafe { v.set_len(n) };
-    v
+            let u = (r >> (32 * (j % 2))) & 0xFFFF_FFFF;
+            if u < threshold { scale } else { 0.0 }
+        })
+    })
 }
 
 /// One image's output rows `rows`.
@@ -427,10 +441,10 @@ pub fn conv_forward_scaled(
 /// `w [rows, …]` with row `r` multiplied by `scale[r]`.
 pub(crate) fn scale_rows(w: &[f32], scale: &[f32]) -> Vec<f32> {
     let n = (w.len() / scale.len().max(1)).max(1);
-    w.par_iter()
-        .enumerate()
-        .map(|(i, &g)| g * scale[i / n])
-        .collect()
+    par_from_chunks(w.len(), n, |r, len| {
+        let c = scale[r];
+        w[r * n..][..len].iter().map(move |&g| g * c)
+    })
 }
 
 /// Output for a kernel with no inputs (`cin == 0`): just the bias.
