@@ -578,6 +578,9 @@ pub fn conv_weight_grad(
     dw: &mut [f32],
     dbias: Option<&mut [f32]>,
 ) {
+    if super::winograd::applies(&s) {
+        return super::winograd::conv_weight_grad(x, dy, s, dw, dbias);
+    }
     s.check_weight_grad(x, dy, dw, dbias.as_deref());
     let hw = s.hw();
     let threads = rayon::current_num_threads().max(1);

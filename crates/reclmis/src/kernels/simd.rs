@@ -58,6 +58,41 @@ pub(crate) fn isa_name() -> &'static str {
     }
 }
 
+/// `N` vectors from `p`, `stride` floats apart.
+///
+/// The kernels build their arrays of vectors with this and [`column`], not with closures
+/// (`std::array::from_fn`): a closure is a function of its own without the caller's
+/// `target_feature`s, so where the inliner leaves one behind a call, every intrinsic in it
+/// becomes a call too (a Winograd band ran 20 % slower after an unrelated change moved code
+/// around).
+///
+/// # Safety
+/// The `N` vectors lie inside one allocation; the CPU has `S`'s instruction set.
+#[inline(always)]
+pub(crate) unsafe fn load_n<S: Simd, const N: usize>(p: *const f32, stride: usize) -> [S::V; N] {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut a = [S::splat(0.0); N];
+        for (i, v) in a.iter_mut().enumerate() {
+            *v = S::load(p.add(i * stride));
+        }
+        a
+    }
+}
+
+/// Element `i` of each of the `M` arrays: a column of a matrix stored as rows.
+#[inline(always)]
+pub(crate) fn column<T: Copy, const N: usize, const M: usize>(
+    rows: &[[T; N]; M],
+    i: usize,
+) -> [T; M] {
+    let mut a = [rows[0][i]; M];
+    for (v, row) in a.iter_mut().zip(rows).skip(1) {
+        *v = row[i];
+    }
+    a
+}
+
 /// The few vector operations the kernel needs, over `L` lanes of f32.
 ///
 /// # Safety

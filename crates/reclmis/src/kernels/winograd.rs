@@ -34,7 +34,7 @@ use super::cpu::{ConvShape, SyncPtr};
 use super::simd::isas;
 #[cfg(target_arch = "x86_64")]
 use super::simd::{Avx2, Avx512};
-use super::simd::{Isa, Portable, Simd, isa};
+use super::simd::{Isa, Portable, Simd, column, isa, load_n};
 
 /// Output pixels per tile side.
 const TILE: usize = 4;
@@ -209,23 +209,23 @@ fn forward_with(isa: Isa, call: &Call, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 and FMA (as above).
         Isa::Avx2 => unsafe { run_avx2(call, out) },
-        Isa::Portable => run::<Portable, 2>(call, out),
+        Isa::Portable => run::<Portable>(call, out),
     }
 }
 
 // The filter packing and the band loop are compiled per instruction set; rayon's worker
 // closures are separate functions, so each band enters a feature-enabled function again
-// (`Band::run`).
+// (`run_in`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn run_avx512(call: &Call, out: &mut [f32]) {
-    run::<Avx512, 4>(call, out);
+    run::<Avx512>(call, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2(call: &Call, out: &mut [f32]) {
-    run::<Avx2, 2>(call, out);
+    run::<Avx2>(call, out);
 }
 
 /// The packed filter transform `U`, `[panel][ξ][ci][P]` with `P = L·NV` output channels a panel
@@ -410,7 +410,7 @@ fn resize(buf: &mut Vec<f32>, n: usize) {
 }
 
 #[inline(always)]
-fn run<S: Simd, const NV: usize>(call: &Call, out: &mut [f32]) {
+fn run<S: Simd>(call: &Call, out: &mut [f32]) {
     let &Call {
         x,
         w,
@@ -419,7 +419,7 @@ fn run<S: Simd, const NV: usize>(call: &Call, out: &mut [f32]) {
         s,
         relu,
     } = call;
-    let f = pack_filters::<S>(w, scale, &s, S::L * NV);
+    let f = pack_filters::<S>(w, scale, &s, S::L * panel_vectors(S::ISA));
     let th = s.h.div_ceil(TILE);
     let rows = band_rows(&s, rayon::current_num_threads().max(1));
     let bands_per_img = th.div_ceil(rows);
@@ -443,8 +443,8 @@ fn run<S: Simd, const NV: usize>(call: &Call, out: &mut [f32]) {
                 relu,
                 out: out_img,
             };
-            // SAFETY: `S` is the instruction set `conv_forward` detected (see `Band::run`).
-            unsafe { job.run::<S, NV>(scratch) };
+            // SAFETY: `S` is the instruction set `conv_forward` detected.
+            unsafe { run_in(S::ISA, &job, scratch) };
         })
     });
 }
@@ -474,34 +474,63 @@ struct Band<'a> {
     out: SyncPtr,
 }
 
-impl Band<'_> {
-    /// Runs [`unit`] compiled for `S`'s instruction set: rayon's worker closures are separate
-    /// functions, not part of `run_avx512`/`run_avx2`, so they enter a feature-enabled function
-    /// again here.
-    ///
+/// Work compiled once per instruction set: rayon's worker closures are separate functions, not
+/// part of `run_avx512`/`run_avx2`, so each job enters a feature-enabled function again through
+/// [`run_in`].
+trait Job {
     /// # Safety
     /// The CPU must have `S`'s instruction set.
-    unsafe fn run<S: Simd, const NV: usize>(&self, scratch: &mut Scratch) {
+    unsafe fn run<S: Simd>(&self, scratch: &mut Scratch);
+}
+
+/// Runs `job` compiled for `isa`.
+///
+/// # Safety
+/// The CPU must have `isa` (see [`isas`]).
+unsafe fn run_in<J: Job>(isa: Isa, job: &J, scratch: &mut Scratch) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,fma")]
+        unsafe fn avx512<J: Job>(job: &J, scratch: &mut Scratch) {
+            unsafe { job.run::<Avx512>(scratch) }
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<J: Job>(job: &J, scratch: &mut Scratch) {
+            unsafe { job.run::<Avx2>(scratch) }
+        }
+        match isa {
+            // SAFETY: the caller's contract.
+            Isa::Avx512 => return unsafe { avx512(job, scratch) },
+            // SAFETY: the caller's contract.
+            Isa::Avx2 => return unsafe { avx2(job, scratch) },
+            Isa::Portable => {}
+        }
+    }
+    // SAFETY: `Portable` needs no instruction set.
+    unsafe { job.run::<Portable>(scratch) }
+}
+
+/// SIMD vectors per filter panel: the micro-kernel's accumulators are `RT` tiles by this many
+/// vectors (24 of AVX-512's 32 registers, 12 of AVX2's 16).
+const fn panel_vectors(isa: Isa) -> usize {
+    match isa {
         #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f,fma")]
-            unsafe fn avx512<const NV: usize>(band: &Band, scratch: &mut Scratch) {
-                unsafe { unit::<Avx512, NV>(band, scratch) }
-            }
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2<const NV: usize>(band: &Band, scratch: &mut Scratch) {
-                unsafe { unit::<Avx2, NV>(band, scratch) }
-            }
-            match S::ISA {
-                // SAFETY: the caller's contract.
-                Isa::Avx512 => return unsafe { avx512::<NV>(self, scratch) },
-                // SAFETY: the caller's contract.
-                Isa::Avx2 => return unsafe { avx2::<NV>(self, scratch) },
-                Isa::Portable => {}
+        Isa::Avx512 => 4,
+        _ => 2,
+    }
+}
+
+impl Job for Band<'_> {
+    /// [`unit`] with the panel width of [`panel_vectors`] (a const generic there, so matched here).
+    #[inline(always)]
+    unsafe fn run<S: Simd>(&self, scratch: &mut Scratch) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match panel_vectors(S::ISA) {
+                4 => unit::<S, 4>(self, scratch),
+                _ => unit::<S, 2>(self, scratch),
             }
         }
-        // SAFETY: `Portable` needs no instruction set.
-        unsafe { unit::<Portable, NV>(self, scratch) }
     }
 }
 
@@ -551,6 +580,138 @@ unsafe fn output_1d<S: Simd>(m: [S::V; PATCH]) -> [S::V; TILE] {
     }
 }
 
+/// One image's `c` channels of `h × w` pixels.
+struct Planes<'a> {
+    x: Input<'a>,
+    c: usize,
+    h: usize,
+    w: usize,
+}
+
+/// Rows `y0 ..` of `src`, channel-last, with the zero padding written out:
+/// `xt[r][pad + col][ch] = x[ch][y0 + r][col]` for the `xt.len() / (cols·c_p)` rows of `xt`,
+/// zero outside the image and in the channels `c .. c_p` (`cols ≥ w + pad`, `c_p` a multiple of
+/// `L`). `row` is scratch for one row of a composed input.
+///
+/// # Safety
+/// The CPU must have `S`'s instruction set.
+#[inline(always)]
+unsafe fn channel_last<S: Simd>(
+    src: &Planes,
+    y0: isize,
+    pad: usize,
+    (cols, c_p): (usize, usize),
+    row_buf: &mut Vec<f32>,
+    xt: &mut [f32],
+) {
+    let l_ = S::L;
+    let Planes { x, c: cin, h, w } = *src;
+    let hw = h * w;
+    assert!(cols >= w + pad && c_p >= cin && c_p.is_multiple_of(l_));
+    xt.fill(0.0);
+    for (r, row) in xt.chunks_exact_mut(cols * c_p).enumerate() {
+        let y = y0 + r as isize;
+        if y < 0 || y >= h as isize {
+            continue;
+        }
+        let y = y as usize;
+        for cb in (0..cin).step_by(l_) {
+            let nl = l_.min(cin - cb);
+            // Row y of channels cb..cb+nl: `src[l·rs + c]`.
+            let (src, rs): (&[f32], usize) = match x {
+                Input::Plain(x) => (&x[cb * hw + y * w..], hw),
+                Input::UpCat {
+                    skip,
+                    gate,
+                    low,
+                    cs,
+                } => {
+                    resize(row_buf, l_ * w);
+                    for (l, dst) in row_buf.chunks_exact_mut(w).take(nl).enumerate() {
+                        let ch = cb + l;
+                        if ch < cs {
+                            let (sk, g) = (&skip[ch * hw + y * w..][..w], &gate[y * w..][..w]);
+                            for ((d, &v), &z) in dst.iter_mut().zip(sk).zip(g) {
+                                *d = v * z;
+                            }
+                        } else {
+                            let lw = w / 2;
+                            let lo = &low[((ch - cs) * (h / 2) + y / 2) * lw..][..lw];
+                            for (pair, &v) in dst.chunks_exact_mut(2).zip(lo) {
+                                pair.fill(v);
+                            }
+                        }
+                    }
+                    (&row_buf[..], w)
+                }
+            };
+            let mut c = 0;
+            if nl == l_ {
+                while c + l_ <= w {
+                    // SAFETY: rows 0..L of `src` (stride `rs`) hold pixels c..c+L, and pixels
+                    // c+pad..c+pad+L of channel block cb lie in `row` (cols ≥ w + pad, cb + L ≤
+                    // c_p); the instruction set is the caller's contract.
+                    unsafe {
+                        S::transpose(
+                            src[c..].as_ptr(),
+                            rs,
+                            row[(c + pad) * c_p + cb..].as_mut_ptr(),
+                            c_p,
+                        );
+                    }
+                    c += l_;
+                }
+            }
+            for c in c..w {
+                let dst = &mut row[(c + pad) * c_p + cb..][..nl];
+                for (l, d) in dst.iter_mut().enumerate() {
+                    *d = src[l * rs + c];
+                }
+            }
+        }
+    }
+}
+
+/// The input transform of `rows × tw` tiles: `v[(ξ·stride + t)·c_p + ci] = (Bᵀ d B)[ξ]` for tile
+/// `t = row·tw + col`, whose 6×6 patch `d` starts at pixel (4·row, 4·col) of `xt` (channel-last,
+/// `cols` pixels of `c_p` channels a row, as [`channel_last`] writes it).
+///
+/// # Safety
+/// `xt` holds `4·rows + 2` rows with `cols ≥ 4·tw + 2`; `v` addresses `36` runs of `stride ≥
+/// rows·tw` tiles of `c_p` floats; the CPU must have `S`'s instruction set.
+#[inline(always)]
+unsafe fn input_tiles<S: Simd>(
+    xt: &[f32],
+    (cols, c_p): (usize, usize),
+    (rows, tw): (usize, usize),
+    v: *mut f32,
+    stride: usize,
+) {
+    debug_assert!(xt.len() >= (TILE * rows + 2) * cols * c_p && cols >= TILE * tw + 2);
+    let xt = xt.as_ptr();
+    for t in 0..rows * tw {
+        let (tr, tc) = (t / tw, t % tw);
+        for cb in (0..c_p).step_by(S::L) {
+            let at = ((TILE * tr) * cols + TILE * tc) * c_p + cb;
+            // SAFETY: the patch's 36 vectors at `at + (i·cols + j)·c_p`, i, j < 6, lie inside
+            // `xt`, and each store lies in `v` (the caller's contract); so is the instruction
+            // set.
+            unsafe {
+                let mut cs = [[S::splat(0.0); PATCH]; PATCH];
+                for (j, c) in cs.iter_mut().enumerate() {
+                    *c = input_1d::<S>(load_n::<S, PATCH>(xt.add(at + j * c_p), cols * c_p));
+                }
+                for i in 0..PATCH {
+                    let row = input_1d::<S>(column(&cs, i));
+                    for (j, &val) in row.iter().enumerate() {
+                        S::store(v.add(((i * PATCH + j) * stride + t) * c_p + cb), val);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// One band: input copy, input transform, 36 products, output transform.
 ///
 /// # Safety
@@ -568,7 +729,7 @@ unsafe fn unit<S: Simd, const NV: usize>(band: &Band, scratch: &mut Scratch) {
     } = *band;
     let l_ = S::L;
     let p = l_ * NV;
-    debug_assert_eq!(p, f.p);
+    assert_eq!(p, f.p, "winograd: panel width");
     let (h, w, hw) = (s.h, s.w, s.hw());
     let cin_p = s.cin.next_multiple_of(l_);
     let cout_p = f.panels * p;
@@ -581,96 +742,34 @@ unsafe fn unit<S: Simd, const NV: usize>(band: &Band, scratch: &mut Scratch) {
     // xt[r][c][ci] = x[ci][4·ty.start − 1 + r][c − 1].
     let xt_len = rows_n * cols_n * cin_p;
     resize(&mut scratch.xt, xt_len);
-    let xt = &mut scratch.xt[..xt_len];
-    xt.fill(0.0);
+    let planes = Planes { x, c: s.cin, h, w };
     let y0 = (TILE * ty.start) as isize - 1;
-    for r in 0..rows_n {
-        let y = y0 + r as isize;
-        if y < 0 || y >= h as isize {
-            continue;
-        }
-        let y = y as usize;
-        let row = &mut xt[r * cols_n * cin_p..][..cols_n * cin_p];
-        for cb in (0..s.cin).step_by(l_) {
-            let nl = l_.min(s.cin - cb);
-            // Row y of channels cb..cb+nl: `src[l·rs + c]`.
-            let (src, rs): (&[f32], usize) = match x {
-                Input::Plain(x) => (&x[cb * hw + y * w..], hw),
-                Input::UpCat {
-                    skip,
-                    gate,
-                    low,
-                    cs,
-                } => {
-                    resize(&mut scratch.row, l_ * w);
-                    for (l, dst) in scratch.row.chunks_exact_mut(w).take(nl).enumerate() {
-                        let ch = cb + l;
-                        if ch < cs {
-                            let (sk, g) = (&skip[ch * hw + y * w..][..w], &gate[y * w..][..w]);
-                            for ((d, &v), &z) in dst.iter_mut().zip(sk).zip(g) {
-                                *d = v * z;
-                            }
-                        } else {
-                            let lw = w / 2;
-                            let lo = &low[((ch - cs) * (h / 2) + y / 2) * lw..][..lw];
-                            for (pair, &v) in dst.chunks_exact_mut(2).zip(lo) {
-                                pair.fill(v);
-                            }
-                        }
-                    }
-                    (&scratch.row[..], w)
-                }
-            };
-            let mut c = 0;
-            if nl == l_ {
-                while c + l_ <= w {
-                    // SAFETY: rows 0..L of `src` (stride `rs`) hold pixels c..c+L, and pixels
-                    // c+1..c+L+1 of channel block cb lie in `row` (cols_n ≥ w + 2, cb + L ≤
-                    // cin_p); the instruction set is the caller's contract.
-                    unsafe {
-                        S::transpose(
-                            src[c..].as_ptr(),
-                            rs,
-                            row[(c + 1) * cin_p + cb..].as_mut_ptr(),
-                            cin_p,
-                        );
-                    }
-                    c += l_;
-                }
-            }
-            for c in c..w {
-                let dst = &mut row[(c + 1) * cin_p + cb..][..nl];
-                for (l, d) in dst.iter_mut().enumerate() {
-                    *d = src[l * rs + c];
-                }
-            }
-        }
+    // SAFETY: the caller's instruction-set contract.
+    unsafe {
+        channel_last::<S>(
+            &planes,
+            y0,
+            1,
+            (cols_n, cin_p),
+            &mut scratch.row,
+            &mut scratch.xt[..xt_len],
+        );
     }
 
     // 2. V[ξ][tile][ci] = (Bᵀ d B)[ξ] for every tile of the band.
     let v_len = XI * tiles * cin_p;
     resize(&mut scratch.v, v_len);
     let v = &mut scratch.v[..v_len];
-    let (xt_ptr, v_ptr) = (xt.as_ptr(), v.as_mut_ptr());
-    for t in 0..tiles {
-        let (tr, tc) = (t / tw, t % tw);
-        for cb in (0..cin_p).step_by(l_) {
-            let at = |i: usize, j: usize| ((TILE * tr + i) * cols_n + TILE * tc + j) * cin_p + cb;
-            // SAFETY: `at(i, j)` + L ≤ xt_len for i, j < 6 (rows_n = 4·rows + 2, cols_n = 4·tw
-            // + 2, cb + L ≤ cin_p), and each store index + L ≤ v_len; the instruction set is the
-            // caller's contract.
-            unsafe {
-                let cols: [[S::V; PATCH]; PATCH] = std::array::from_fn(|j| {
-                    input_1d::<S>(std::array::from_fn(|i| S::load(xt_ptr.add(at(i, j)))))
-                });
-                for i in 0..PATCH {
-                    let row = input_1d::<S>(std::array::from_fn(|j| cols[j][i]));
-                    for (j, &val) in row.iter().enumerate() {
-                        S::store(v_ptr.add(((i * PATCH + j) * tiles + t) * cin_p + cb), val);
-                    }
-                }
-            }
-        }
+    // SAFETY: `v` holds 36 rows of `tiles` tiles of `cin_p` floats; the instruction set is the
+    // caller's contract.
+    unsafe {
+        input_tiles::<S>(
+            &scratch.xt[..xt_len],
+            (cols_n, cin_p),
+            (ty.len(), tw),
+            v.as_mut_ptr(),
+            tiles,
+        );
     }
 
     // 3. M[ξ][tile][co] = Σ_ci V[ξ][tile][ci] · U[ξ][ci][co].
@@ -723,17 +822,20 @@ unsafe fn unit<S: Simd, const NV: usize>(band: &Band, scratch: &mut Scratch) {
         let ny = TILE.min(h - oy0);
         let nx = TILE.min(w - ox0);
         for cb in (0..s.cout).step_by(l_) {
-            let at = |i: usize, j: usize| ((i * PATCH + j) * tiles + t) * cout_p + cb;
-            // SAFETY: `at(i, j)` + L ≤ m_len (cb + L ≤ cout_p), `block` holds 16·L floats and
-            // `bias_p` cout_p; the instruction set is the caller's contract.
+            let at = t * cout_p + cb;
+            // SAFETY: the 36 vectors at `at + ξ·tiles·cout_p` lie inside `m` (cb + L ≤ cout_p),
+            // `block` holds 16·L floats and `bias_p` cout_p; the instruction set is the
+            // caller's contract.
             unsafe {
-                let cols: [[S::V; TILE]; PATCH] = std::array::from_fn(|j| {
-                    output_1d::<S>(std::array::from_fn(|i| S::load(m_ptr.add(at(i, j)))))
-                });
+                let mut cols = [[S::splat(0.0); TILE]; PATCH];
+                for (j, c) in cols.iter_mut().enumerate() {
+                    let col = m_ptr.add(at + j * tiles * cout_p);
+                    *c = output_1d::<S>(load_n::<S, PATCH>(col, PATCH * tiles * cout_p));
+                }
                 let b = S::load(bias_p.as_ptr().add(cb));
                 let zero = S::splat(0.0);
                 for i in 0..TILE {
-                    let row = output_1d::<S>(std::array::from_fn(|j| cols[j][i]));
+                    let row = output_1d::<S>(column(&cols, i));
                     for (j, &val) in row.iter().enumerate() {
                         let y = S::add(val, b);
                         let y = if relu { S::max(y, zero) } else { y };
@@ -788,7 +890,7 @@ unsafe fn micro<S: Simd, const NV: usize, const R: usize>(
             }
         }
         for ci in 0..k {
-            let uv: [S::V; NV] = std::array::from_fn(|q| S::load(up.add(ci * p + q * S::L)));
+            let uv = load_n::<S, NV>(up.add(ci * p), S::L);
             for r in 0..R {
                 let a = S::splat(*vp.add(r * vs + ci));
                 for q in 0..NV {
@@ -803,6 +905,9 @@ unsafe fn micro<S: Simd, const NV: usize, const R: usize>(
         }
     }
 }
+
+mod weight_grad;
+pub use weight_grad::conv_weight_grad;
 
 #[cfg(test)]
 mod tests;

@@ -217,3 +217,78 @@ fn the_composed_decoder_input_equals_the_written_concatenation() {
         }
     }
 }
+
+/// `dw[co][ci][k] = Σ dy[co][y][x] · x[ci][y + ky − 1][x + kx − 1]` and `db[co] = Σ dy[co]`, in
+/// f64.
+fn naive_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape) -> (Vec<f64>, Vec<f64>) {
+    let mut dw = vec![0.0f64; s.cout * s.cin * 9];
+    let mut db = vec![0.0f64; s.cout];
+    for i in 0..s.b {
+        for co in 0..s.cout {
+            for oy in 0..s.h {
+                for ox in 0..s.w {
+                    let g = f64::from(dy[((i * s.cout + co) * s.h + oy) * s.w + ox]);
+                    db[co] += g;
+                    for ci in 0..s.cin {
+                        for k in 0..9 {
+                            let (iy, ix) = (oy + k / 3, ox + k % 3);
+                            if iy >= 1 && ix >= 1 && iy <= s.h && ix <= s.w {
+                                let xv = x[((i * s.cin + ci) * s.h + iy - 1) * s.w + ix - 1];
+                                dw[(co * s.cin + ci) * 9 + k] += g * f64::from(xv);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dw, db)
+}
+
+/// The transposed transforms give the weight gradient of the definition on every instruction
+/// set: sizes that are not multiples of the tile, channel counts that fill no vector, several
+/// images, and one chunk of tiles as well as a chunk per tile row.
+#[test]
+fn the_weight_gradient_matches_the_definition() {
+    let shapes = [
+        ConvShape::new(2, 17, 19, 13, 22, 3),
+        ConvShape::new(1, 8, 70, 9, 5, 3),
+        ConvShape::new(3, 5, 2, 1, 6, 3),
+        ConvShape::new(2, 32, 16, 16, 16, 3),
+    ];
+    for isa in isas() {
+        for s in shapes {
+            let x = rand_vec(s.b * s.cin * s.hw(), 21);
+            let dy = rand_vec(s.b * s.cout * s.hw(), 22);
+            let (want_dw, want_db) = naive_weight_grad(&x, &dy, &s);
+            for chunk in [1, 1 << 30] {
+                let mut dw = vec![f32::NAN; want_dw.len()];
+                let mut db = vec![f32::NAN; s.cout];
+                weight_grad::weight_grad_with((isa, chunk), &x, &dy, s, &mut dw, Some(&mut db));
+                let e = rel_err(&dw, &want_dw);
+                eprintln!("{isa:?} {s:?} chunk {chunk}: weight gradient {e:.2e}");
+                assert!(e <= 1e-5, "{isa:?} {s:?}: weight gradient error {e:.2e}");
+                let e = rel_err(&db, &want_db);
+                assert!(e <= 1e-6, "{isa:?} {s:?}: bias gradient error {e:.2e}");
+            }
+        }
+    }
+}
+
+/// The kernels' own weight gradient takes this path where Winograd applies, in any pool.
+#[test]
+fn the_cpu_weight_gradient_uses_it_where_it_applies() {
+    let s = ConvShape::new(2, 24, 16, 30, 34, 3);
+    assert!(applies(&s));
+    let x = rand_vec(s.b * s.cin * s.hw(), 23);
+    let dy = rand_vec(s.b * s.cout * s.hw(), 24);
+    let (want_dw, want_db) = naive_weight_grad(&x, &dy, &s);
+    in_pools(|| {
+        let mut dw = vec![f32::NAN; want_dw.len()];
+        let mut db = vec![f32::NAN; s.cout];
+        cpu::conv_weight_grad(&x, &dy, s, &mut dw, Some(&mut db));
+        let e = rel_err(&dw, &want_dw);
+        assert!(e <= 1e-5, "weight gradient error {e:.2e}");
+        assert!(rel_err(&db, &want_db) <= 1e-6);
+    });
+}
