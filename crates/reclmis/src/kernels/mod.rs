@@ -929,10 +929,16 @@ impl Backward<Flex, 2> for LinearBackward {
 }
 
 impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
-    /// burn's tracked matmul: the thin kernel is for products nothing differentiates.
+    /// The thin kernel on the inner tensors where neither operand is tracked (the frozen text
+    /// tower inside a training step: burn's matmul there repacked 37 M weights a step), burn's
+    /// tracked matmul otherwise.
     fn fast_linear_thin(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         use burn::backend::ops::FloatTensorOps;
-        Self::float_matmul(x, Self::float_transpose(w))
+        if x.is_tracked() || w.is_tracked() {
+            return Self::float_matmul(x, Self::float_transpose(w));
+        }
+        let y = Flex::fast_linear_thin(x.primitive().clone(), w.primitive().clone());
+        FloatTensor::<Self>::new(y)
     }
 
     fn fast_linear_bf16(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {

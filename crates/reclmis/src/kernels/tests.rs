@@ -321,3 +321,38 @@ fn the_fused_decoder_convolution_matches_its_three_steps() {
         assert!(e <= 1e-6, "autodiff {b}×{cs}+{cx} at {h}: rel err {e:.2e}");
     }
 }
+
+/// On the training device, a product of untracked operands (the frozen text tower) runs the
+/// thin kernel as it does at inference, bit for bit; a tracked one still gets its gradient.
+#[test]
+fn thin_linear_runs_untracked_on_the_autodiff_device() {
+    let (rows, din, dout) = (72, 512, 96);
+    let plain = Device::flex();
+    let mut init = Init::new(61, &plain);
+    let (xv, wv) = (
+        host(&random(&mut init, [rows, din])),
+        host(&random(&mut init, [dout, din])),
+    );
+    let on = |device: &Device| {
+        (
+            Tensor::<2>::from_data(TensorData::new(xv.clone(), [rows, din]), device),
+            Tensor::<2>::from_data(TensorData::new(wv.clone(), [dout, din]), device),
+        )
+    };
+    let (x, w) = on(&plain);
+    let inference = host(&linear_thin(x, w));
+    let (x, w) = on(&device());
+    let training = linear_thin(x.clone(), w.clone());
+    assert!(!training.is_require_grad());
+    assert_eq!(host(&training), inference, "not the thin kernel");
+    let reference = host(&x.clone().matmul(w.clone().transpose()));
+    assert!(rel_err(&inference, &reference) <= 1e-5);
+
+    let x = x.require_grad();
+    let r = random(&mut init, [rows, dout]);
+    let g = (linear_thin(x.clone(), w.clone()) * r.clone())
+        .sum()
+        .backward();
+    let g_ref = (x.clone().matmul(w.transpose()) * r).sum().backward();
+    assert!(rel_err(&grad(&x, &g), &grad(&x, &g_ref)) <= 1e-6);
+}
