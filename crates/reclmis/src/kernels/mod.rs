@@ -9,6 +9,7 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
+pub mod attention;
 pub mod bf16;
 pub mod cpu;
 pub mod heap;
@@ -29,6 +30,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, DispatchDevice, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
+use attention::AttnShape;
 use cpu::ConvShape;
 use rayon::prelude::*;
 
@@ -185,6 +187,16 @@ pub trait FastOps: burn::backend::Backend {
         combined: f64,
         eps_bc: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Multi-head attention `softmax(q·kᵀ/√hd + bias)·v` ([`attention`]): `q [B, Lq, D]`,
+    /// `k, v [B, Lk, D]`, `bias [Bb, Lqb, Lk]` with `Bb` 1 or `B` and `Lqb` 1 or `Lq`.
+    fn fast_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self>;
 
     /// `x [rows, din] · wᵀ` for a `Linear` weight `w [dout, din]` and few rows, without packing
     /// the weight ([`thin::linear`]).
@@ -505,6 +517,19 @@ fn linear_bf16_forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
 impl FastOps for Flex {
     fn fast_linear_bf16(x: FlexTensor, w: FlexTensor) -> FlexTensor {
         linear_bf16_forward(&contiguous_f32(x), &contiguous_f32(w))
+    }
+
+    fn fast_attention(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        bias: FlexTensor,
+        heads: usize,
+    ) -> FlexTensor {
+        let [q, k, v, bias] = [q, k, v, bias].map(contiguous_f32);
+        let s = attn_shape(&q, &k, &bias, heads);
+        let (out, _) = attention::forward(data(&q), data(&k), data(&v), data(&bias), s);
+        flex(out, vec![s.b, s.lq, s.d])
     }
 
     fn fast_linear_thin(x: FlexTensor, w: FlexTensor) -> FlexTensor {
@@ -928,7 +953,108 @@ impl Backward<Flex, 2> for LinearBackward {
     }
 }
 
+/// The sizes of an attention call on `q [B, Lq, D]`, `k [B, Lk, D]`, `bias [Bb, Lqb, Lk]`.
+fn attn_shape(q: &FlexTensor, k: &FlexTensor, bias: &FlexTensor, heads: usize) -> AttnShape {
+    let [b, lq, d] = q.shape().dims::<3>();
+    let lk = k.shape().dims::<3>()[1];
+    let [bb, lqb, lkb] = bias.shape().dims::<3>();
+    assert!(
+        (bb == 1 || bb == b) && (lqb == 1 || lqb == lq) && lkb == lk,
+        "attention: bias {:?} for {b} images, {lq} queries and {lk} keys",
+        [bb, lqb, lkb]
+    );
+    AttnShape {
+        b,
+        lq,
+        lk,
+        d,
+        heads,
+        bias_per_image: bb != 1,
+        bias_per_query: lqb != 1,
+    }
+}
+
+#[derive(Clone, Debug)]
+struct AttnState {
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    /// The forward's probabilities `[B, heads, Lq, Lk]`.
+    p: Arc<Vec<f32>>,
+    shape: AttnShape,
+}
+
+#[derive(Debug)]
+struct AttnBackward;
+
+impl Backward<Flex, 4> for AttnBackward {
+    type State = AttnState;
+
+    fn backward(self, ops: Ops<AttnState, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_q, node_k, node_v, node_bias] = ops.parents;
+        let dy = contiguous_f32(grads.consume::<Flex>(&ops.node));
+        let st = ops.state;
+        let s = st.shape;
+        let [dq, dk, dv, dbias] = attention::backward(
+            data(&st.q),
+            data(&st.k),
+            data(&st.v),
+            &st.p,
+            data(&dy),
+            s.bias_len(),
+            node_bias.is_some(),
+            s,
+        );
+        let bias_dims = vec![
+            if s.bias_per_image { s.b } else { 1 },
+            if s.bias_per_query { s.lq } else { 1 },
+            s.lk,
+        ];
+        let outs = [
+            (dq, vec![s.b, s.lq, s.d]),
+            (dk, vec![s.b, s.lk, s.d]),
+            (dv, vec![s.b, s.lk, s.d]),
+            (dbias, bias_dims),
+        ];
+        for (node, (values, shape)) in [node_q, node_k, node_v, node_bias].into_iter().zip(outs) {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, flex(values, shape));
+            }
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
+    fn fast_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        let [qp, kp, vp, bp] = [&q, &k, &v, &bias].map(|t| contiguous_f32(t.primitive().clone()));
+        let s = attn_shape(&qp, &kp, &bp, heads);
+        let (out, p) = attention::forward(data(&qp), data(&kp), data(&vp), data(&bp), s);
+        let y = flex(out, vec![s.b, s.lq, s.d]);
+        match AttnBackward
+            .prepare::<C>([q.node(), k.node(), v.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = AttnState {
+                    q: qp,
+                    k: kp,
+                    v: vp,
+                    p: Arc::new(p),
+                    shape: s,
+                };
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
     /// The thin kernel on the inner tensors where neither operand is tracked (the frozen text
     /// tower inside a training step: burn's matmul there repacked 37 M weights a step), burn's
     /// tracked matmul otherwise.
@@ -1160,6 +1286,23 @@ impl<C: CheckpointStrategy> FastOps for Autodiff<Flex, C> {
         };
         (y, stats)
     }
+}
+
+/// Multi-head attention through our kernel: see [`FastOps::fast_attention`].
+pub fn attention(
+    q: Tensor<3>,
+    k: Tensor<3>,
+    v: Tensor<3>,
+    bias: Tensor<3>,
+    heads: usize,
+) -> Tensor<3> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as FastOps>::fast_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        bias.into_dispatch(),
+        heads,
+    ))
 }
 
 /// Same-size convolution with bias through our kernels (`relu` fuses a ReLU).

@@ -356,3 +356,58 @@ fn thin_linear_runs_untracked_on_the_autodiff_device() {
     let g_ref = (x.clone().matmul(w.transpose()) * r).sum().backward();
     assert!(rel_err(&grad(&x, &g), &grad(&x, &g_ref)) <= 1e-6);
 }
+
+/// A reconstructor-style attention (causal mask, per-key reweighting, cross-attention to
+/// another sequence) through the fused kernel gives burn's tensor ops' output and gradients,
+/// the reweighting's included (there it is a log-bias, here a product and a renormalisation).
+#[test]
+fn fused_attention_matches_burn_ops() {
+    use crate::model::nn::{Attention, AttnOptions, causal_mask};
+    let (b, lq, lk, d, heads) = (2, 9, 6, 32, 4);
+    let mut init = Init::new(71, &device());
+    let attn = Attention::new(d, heads, true, &mut init);
+    let xq = random(&mut init, [b, lq, d]).require_grad();
+    let xk = random(&mut init, [b, lk, d]).require_grad();
+    // Weights as POI/WOI give them: positive, one of them zero (a pad).
+    let mut weights = |n: usize| {
+        let mut v: Vec<f32> = host(&random(&mut init, [b, n]))
+            .iter()
+            .map(|x| x.abs())
+            .collect();
+        v[1] = 0.0;
+        Tensor::<2>::from_data(TensorData::new(v, [b, n]), &device()).require_grad()
+    };
+    let (w, wq) = (weights(lk), weights(lq));
+    let r = random(&mut init, [b, lq, d]);
+    for (cross, mask) in [(true, false), (false, true), (false, false)] {
+        let run = |fused: bool| {
+            let (kv, rw) = if cross {
+                (xk.clone(), w.clone())
+            } else {
+                (xq.clone(), wq.clone())
+            };
+            let opts = AttnOptions {
+                mask: mask.then(|| causal_mask(lq, &device())),
+                reweight: Some(rw.clone()),
+                dropout: 0.0,
+            };
+            let y = attn.forward_with(xq.clone(), kv.clone(), opts, true, fused);
+            let g = (y.clone() * r.clone()).sum().backward();
+            vec![
+                host(&y),
+                grad(&xq, &g),
+                grad(&kv, &g),
+                grad(&rw, &g),
+                grad(&attn.in_proj_weight.val(), &g),
+            ]
+        };
+        let (ours, reference) = (run(true), run(false));
+        for (j, (o, r)) in ours.iter().zip(&reference).enumerate() {
+            let e = rel_err(o, r);
+            assert!(
+                e <= 1e-5,
+                "cross {cross} mask {mask}, tensor {j} (y, dq_in, dkv_in, dw, dW_in): {e:.2e}"
+            );
+        }
+    }
+}

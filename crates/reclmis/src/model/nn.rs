@@ -453,6 +453,20 @@ impl Attention {
         opts: AttnOptions,
         train: bool,
     ) -> Tensor<3> {
+        let fused = kernels::enabled(&q_in.device()) && (opts.dropout == 0.0 || !train);
+        self.forward_with(q_in, kv_in, opts, train, fused)
+    }
+
+    /// [`forward`](Self::forward) through [`kernels::attention`] when `fused` (no dropout on the
+    /// probabilities), else as burn tensor ops.
+    pub(crate) fn forward_with(
+        &self,
+        q_in: Tensor<3>,
+        kv_in: Tensor<3>,
+        opts: AttnOptions,
+        train: bool,
+        fused: bool,
+    ) -> Tensor<3> {
         let [b, lq, d] = q_in.dims();
         let lk = kv_in.dims()[1];
         let h = self.heads;
@@ -470,6 +484,10 @@ impl Attention {
             bias.clone().narrow(0, d, d),
         );
         let v = linear(kv_in, w.narrow(0, 2 * d, d), bias.narrow(0, 2 * d, d));
+        if fused {
+            let bias = attention_bias(opts.mask, opts.reweight, lk, &q.device());
+            return self.out_proj.forward(kernels::attention(q, k, v, bias, h));
+        }
         // [B, L, D] -> [B, h, L, hd]: head h uses channels h·hd .. h·hd+hd-1.
         let split = |t: Tensor<3>, l: usize| t.reshape([b, l, h, hd]).swap_dims(1, 2);
         let q = split(q, lq).mul_scalar(1.0 / (hd as f64).sqrt());
@@ -489,6 +507,31 @@ impl Attention {
         let attn = dropout(attn, opts.dropout, train);
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, lq, d]); // [B, Lq, D]
         self.out_proj.forward(out)
+    }
+}
+
+/// The additive bias `[Bb, Lqb, Lk]` that [`kernels::attention`] adds to every head's scores:
+/// the mask, plus `ln(w + 1e-10)` for a reweighting, since `softmax(s) ⊙ (w + 1e-10)`
+/// renormalised over the keys is `softmax(s + ln(w + 1e-10))`.
+fn attention_bias(
+    mask: Option<Tensor<4>>,
+    reweight: Option<Tensor<2>>,
+    lk: usize,
+    device: &Device,
+) -> Tensor<3> {
+    let mask = mask.map(|m| {
+        let [mb, _, mq, mk] = m.dims();
+        m.reshape([mb, mq, mk])
+    });
+    let log_w = reweight.map(|w| {
+        let [b, k] = w.dims();
+        w.add_scalar(1e-10).log().reshape([b, 1, k])
+    });
+    match (mask, log_w) {
+        (Some(m), Some(w)) => m + w,
+        (Some(m), None) => m,
+        (None, Some(w)) => w,
+        (None, None) => Tensor::zeros([1, 1, lk], device),
     }
 }
 
