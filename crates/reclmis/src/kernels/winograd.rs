@@ -449,13 +449,18 @@ fn run<S: Simd>(call: &Call, out: &mut [f32]) {
     });
 }
 
-/// Tile rows per band: the most rows whose `V` and `M` fit [`BAND_BYTES`] (at least one), among
-/// those that spread the bands over the threads evenly (the busiest thread's tile rows are
-/// fewest).
+/// Tile rows per band: the most rows whose `V` and `M` fit the band's budget (at least one),
+/// among those that spread the bands over the threads evenly (the busiest thread's tile rows
+/// are fewest). The budget is [`BAND_BYTES`], or a third of the packed filters where those are
+/// larger: every band streams all of them once, and at 512 × 512 channels (38 MB) that traffic,
+/// not the products, set the pace (a 28 px layer at batch 4 took 40 ms in bands of 3 MB and
+/// 29 ms in bands of 12 MB on an AMD EPYC; layers with small filters were not helped by larger
+/// bands, and those at 224 px were slowed).
 fn band_rows(s: &ConvShape, threads: usize) -> usize {
     let (th, tw) = (s.h.div_ceil(TILE), s.w.div_ceil(TILE));
     let per_tile = XI * 4 * (s.cin + s.cout);
-    let fit = (BAND_BYTES / (per_tile * tw)).clamp(1, th);
+    let budget = BAND_BYTES.max(XI * 4 * s.cin * s.cout / 3);
+    let fit = (budget / (per_tile * tw)).clamp(1, th);
     let busiest = |r: usize| (s.b * th.div_ceil(r)).div_ceil(threads) * r;
     (1..=fit)
         .min_by_key(|&r| (busiest(r), usize::MAX - r))
