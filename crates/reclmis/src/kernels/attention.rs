@@ -152,7 +152,10 @@ pub fn forward(
             }
             let mut sum = 0.0f32;
             for x in row.iter_mut() {
-                *x = (*x - max).exp();
+                // exp underflows to 0 below −104 anyway; masked keys (NEG_INF) would otherwise
+                // take libm's slow underflow path, about half of a causal row.
+                let e = *x - max;
+                *x = if e < -104.0 { 0.0 } else { e.exp() };
                 sum += *x;
             }
             row.iter_mut().for_each(|x| *x /= sum);

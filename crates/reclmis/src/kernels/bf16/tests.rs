@@ -120,10 +120,9 @@ fn conv_bf16_matches_f32_across_blocks_tilings_and_pools() {
     in_pools(|| [deep, wide, tiny].into_iter().for_each(assert_shape));
 }
 
-/// A 3×3 layer that Winograd takes (128 tiles of 4 × 4): without AMX tiles its forward pass and
-/// input gradient stay the f32 kernels in bf16 mode, bit for bit ([`winograd_instead`]); with
-/// AMX they run on the tiles with rounded operands. The weight gradient is bf16 wherever the
-/// CPU has AVX-512 BF16.
+/// A 3×3 layer that Winograd takes (128 tiles of 4 × 4): without AMX tiles its forward pass,
+/// input gradient and weight gradient stay the f32 kernels in bf16 mode, bit for bit
+/// ([`winograd_instead`]); with AMX they run on the tiles with rounded operands.
 #[test]
 fn bf16_mode_keeps_winograd_layers_f32_without_amx() {
     let s = ConvShape::new(2, 16, 16, 32, 32, 3);
@@ -138,16 +137,12 @@ fn bf16_mode_keeps_winograd_layers_f32_without_amx() {
     let raw = inputs(s);
     let got = outputs(true, s, &raw);
     let f32_raw = outputs(false, s, &raw);
-    for (i, name) in OUTPUTS.iter().enumerate().take(4) {
+    for (i, name) in OUTPUTS.iter().enumerate().take(5) {
         if amx && bf16_supported() {
             let err = rel_err(&got[i], &f32_raw[i]);
             assert!(err > 1e-5 && err <= 1e-2, "{name}: {err:e} vs f32 on AMX");
         } else {
             assert_eq!(got[i], f32_raw[i], "{name}: not the f32 Winograd kernel");
         }
-    }
-    if bf16_supported() {
-        let err = rel_err(&got[4], &f32_raw[4]);
-        assert!(err > 1e-5 && err <= 1e-2, "dw: {err:e} vs f32");
     }
 }
