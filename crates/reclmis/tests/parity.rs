@@ -277,6 +277,15 @@ fn parity(preset: &str, cfg: ModelConfig) {
             .get(key)
             .unwrap_or_else(|| panic!("no gradient reached '{key}'"));
         let theirs = &io.f32s[name.as_str()].1;
+        if let Some(dir) = std::env::var_os("PARITY_DUMP") {
+            // Our gradient as raw little-endian f32, for bench/grads_float64.py.
+            let bytes: Vec<u8> = g[..theirs.len()]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            let file = std::path::Path::new(&dir).join(format!("{preset}-{key}.f32"));
+            std::fs::write(&file, bytes).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
         let n = theirs.len();
         if theirs.iter().all(|v| v.abs() < 1e-6) {
             // Zero in exact arithmetic (a conv bias before a training-mode BatchNorm, the last
@@ -291,11 +300,15 @@ fn parity(preset: &str, cfg: ModelConfig) {
             continue;
         }
         // Behind a training-mode BatchNorm these gradients are sums with heavy cancellation, so
-        // float32 rounding decides their small entries. The reference itself is that far from the
-        // exact values: a float64 run of bench/torch_reference.py puts the authors' own
-        // `inc.conv.weight` ~3e-3 and `up4.pixModule.bottleneck.0.weight` ~7e-3 (of the tensor's
-        // max) from float64. Those two get a tolerance of that size; every other one 2e-3.
-        let tol = if key.starts_with("inc.") || key.contains("pixModule.bottleneck") {
+        // float32 rounding decides their small entries, and the reference itself is that far from
+        // the exact values. `bench/grads_float64.py` (the model in float64, against the stored
+        // gradients and ours dumped with PARITY_DUMP=<dir>) measured, of each tensor's max, on
+        // qata: `up4.pixModule.bottleneck.0.weight` reference 7.4e-3 from float64, ours 1.8e-3
+        // (so ours is 9.1e-3 from the reference); `inc.conv.weight` 3.0e-3 and 1.9e-3. The
+        // tolerance there is the reference's error plus ours, with a margin; 2e-3 elsewhere.
+        let tol = if key.contains("pixModule.bottleneck") {
+            1.1e-2
+        } else if key.starts_with("inc.") {
             7.5e-3
         } else {
             2e-3
