@@ -13,10 +13,10 @@
 //! m) ⊙ w) = softmax(s + m + ln w)`, so `A ⊙ (w + 1e-10)` renormalised (§1.9) is the bias
 //! `ln(w + 1e-10)`, exactly in real arithmetic.
 
-use gemm::{Parallelism, gemm};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::cpu::SyncPtr;
+use super::cpu::{self, SyncPtr};
 
 /// The sizes of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,39 +79,16 @@ type Operand = (*const f32, usize, usize);
 /// `dst [m, n] (row stride dst_rs) = beta · lhs · rhs` on this thread.
 ///
 /// # Safety
-/// Every element of the three matrices lies inside its allocation; `dst` is not read by others
-/// while this runs.
+/// As [`cpu::sgemm`].
 unsafe fn product(
-    (m, n, k): (usize, usize, usize),
-    (dst, dst_rs): (*mut f32, usize),
+    dims: (usize, usize, usize),
+    dst: (*mut f32, usize),
     lhs: Operand,
     rhs: Operand,
     beta: f32,
 ) {
     // SAFETY: the caller's contract.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            false,
-            lhs.0,
-            lhs.2 as isize,
-            lhs.1 as isize,
-            rhs.0,
-            rhs.2 as isize,
-            rhs.1 as isize,
-            0.0,
-            beta,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
+    unsafe { cpu::sgemm_scaled(dims, dst, false, lhs, rhs, beta, Parallelism::None) }
 }
 
 /// `softmax(q_h·k_hᵀ/√hd + bias)·v_h` for every image and head: returns the output `[B, Lq, D]`
@@ -125,8 +102,8 @@ pub fn forward(
 ) -> (Vec<f32>, Vec<f32>) {
     s.check(q, k, v, bias);
     let (lq, lk, d, hd) = (s.lq, s.lk, s.d, s.hd());
-    let mut out = super::cpu::zeroed(s.b * lq * d);
-    let mut p = super::cpu::zeroed(s.b * s.heads * lq * lk);
+    let mut out = cpu::zeroed(s.b * lq * d);
+    let mut p = cpu::zeroed(s.b * s.heads * lq * lk);
     let out_ptr = SyncPtr(out.as_mut_ptr());
     p.par_chunks_mut(lq * lk).enumerate().for_each(|(task, p)| {
         let (img, h) = (task / s.heads, task % s.heads);
@@ -192,11 +169,11 @@ pub fn backward(
     assert_eq!(p.len(), s.b * s.heads * lq * lk, "attention: p length");
     assert_eq!(dout.len(), s.b * lq * d, "attention: dout length");
     assert_eq!(bias_len, s.bias_len(), "attention: bias length");
-    let mut dq = super::cpu::zeroed(q.len());
-    let mut dk = super::cpu::zeroed(k.len());
-    let mut dv = super::cpu::zeroed(v.len());
+    let mut dq = cpu::zeroed(q.len());
+    let mut dk = cpu::zeroed(k.len());
+    let mut dv = cpu::zeroed(v.len());
     // dS of every task, kept only when the bias needs it.
-    let mut ds = super::cpu::zeroed(if want_bias { p.len() } else { 0 });
+    let mut ds = cpu::zeroed(if want_bias { p.len() } else { 0 });
     let (dq_ptr, dk_ptr, dv_ptr, ds_ptr) = (
         SyncPtr(dq.as_mut_ptr()),
         SyncPtr(dk.as_mut_ptr()),

@@ -304,12 +304,30 @@ fn im2col(x: &[f32], s: &ConvShape, rows: &Range<usize>, col: &mut [f32]) {
 /// written by anyone else meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sgemm(
-    (m, n, kd): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,
     accumulate: bool,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    par: Parallelism,
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { sgemm_scaled(dims, (dst, dst_rs), accumulate, lhs, rhs, 1.0, par) }
+}
+
+/// [`sgemm`] with the product multiplied by `scale`: `dst = (accumulate ? dst : 0) + scale ·
+/// lhs · rhs`.
+///
+/// # Safety
+/// As [`sgemm`].
+pub(crate) unsafe fn sgemm_scaled(
+    (m, n, kd): (usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
+    accumulate: bool,
     (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
     (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
+    scale: f32,
     par: Parallelism,
 ) {
     // SAFETY: forwarded from the caller's contract.
@@ -329,7 +347,7 @@ pub(crate) unsafe fn sgemm(
             rhs_cs as isize,
             rhs_rs as isize,
             1.0,
-            1.0,
+            scale,
             false,
             false,
             false,

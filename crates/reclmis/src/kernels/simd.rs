@@ -14,6 +14,19 @@ pub(crate) enum Isa {
     Portable,
 }
 
+impl Isa {
+    /// f32 lanes of one vector ([`Simd::L`] of the matching implementation).
+    pub(crate) const fn lanes(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Avx512::L,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Avx2::L,
+            Isa::Portable => Portable::L,
+        }
+    }
+}
+
 /// The instruction sets this CPU can run, best first.
 pub(crate) fn isas() -> Vec<Isa> {
     let mut v = Vec::new();

@@ -45,15 +45,6 @@ pub fn conv_weight_grad(
     weight_grad_with((isa(), CHUNK_BYTES), x, dy, s, dw, dbias);
 }
 
-/// Lanes of one SIMD vector of `isa`.
-fn lanes(isa: Isa) -> usize {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => 16,
-        _ => 8,
-    }
-}
-
 thread_local! {
     /// The calling thread's `V`, `D` and `M`, kept between calls (as the forward's packed
     /// filters: fresh buffers of this size cost a page fault per 4 KiB).
@@ -87,7 +78,7 @@ pub(super) fn weight_grad_with(
         dw.fill(0.0);
         return;
     }
-    let l = lanes(isa);
+    let l = isa.lanes();
     let (cin_p, cout_p) = (s.cin.next_multiple_of(l), s.cout.next_multiple_of(l));
     let (th, tw) = (s.h.div_ceil(TILE), s.w.div_ceil(TILE));
     let all_rows = s.b * th;
